@@ -1,0 +1,274 @@
+"""Configuration: TOML file (optional) + MADOGUCHI_<SECTION>_<KEY> environment overrides.
+
+Every key is documented in config/default.toml; the dataclasses below are the single
+source of defaults, and a test checks that both agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "MADOGUCHI_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass
+class ServerConfig:
+    public_url: str = "https://localhost:8443"
+    citizen_host: str = "127.0.0.1"
+    citizen_port: int = 8443
+    staff_host: str = "127.0.0.1"
+    staff_port: int = 8444
+    staff_public_url: str = ""
+    data_dir: str = "var"
+    web_root: str = ""
+    max_message_bytes: int = 65536
+
+
+@dataclass
+class TlsConfig:
+    server_cert: str = ""
+    server_key: str = ""
+    staff_ca: str = ""
+    staff_ca_key: str = ""
+    staff_crl: str = ""
+    crl_reload_seconds: int = 10
+
+
+@dataclass
+class StoreConfig:
+    backend: str = "sqlite"
+    sqlite_path: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    phone_key_file: str = ""
+
+
+@dataclass
+class LinksConfig:
+    lifetime_minutes: int = 30
+    signalling_token_seconds: int = 300
+    secret_file: str = ""
+    lookups_per_minute: int = 30
+
+
+@dataclass
+class PhoneConfig:
+    region: str = "JP"
+
+
+@dataclass
+class SmsConfig:
+    provider: str = "console"
+    template: str = "【窓口】映像相談はこちら（{minutes}分有効）{url}"
+    sender_id: str = "Madoguchi"
+    kannel_url: str = "http://127.0.0.1:13013/cgi-bin/sendsms"
+    kannel_username: str = ""
+    kannel_password: str = ""
+    dlr_base_url: str = ""
+    timeout_seconds: float = 5.0
+    retries: int = 2
+
+
+@dataclass
+class SfuConfig:
+    host_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    ice_servers: list[str] = field(default_factory=list)
+    video_codec: str = "VP8"
+    udp_rcvbuf_bytes: int = 4 * 1024 * 1024
+    use_uvloop: bool = True
+
+
+@dataclass
+class RecordingConfig:
+    enabled: bool = True
+    dir: str = ""
+    segment_seconds: float = 4.0
+    kek_file: str = ""
+    kek_env: str = "MADOGUCHI_KEK"
+    queue_packets: int = 2000
+
+
+@dataclass
+class RetentionConfig:
+    period_hours: float = 24.0
+    interval_seconds: float = 60.0
+    embedded: bool = True
+
+
+@dataclass
+class AuthConfig:
+    password_min_length: int = 12
+    session_idle_minutes: int = 30
+    session_absolute_hours: int = 12
+    lockout_failures: int = 5
+    lockout_minutes: int = 15
+    cert_failures_per_minute: int = 20
+
+
+@dataclass
+class AuditConfig:
+    path: str = ""
+    keep_days: int = 365
+
+
+@dataclass
+class LogConfig:
+    format: str = "json"
+    level: str = "INFO"
+
+
+@dataclass
+class OperatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 9464
+    bearer_token: str = ""
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
+    phone: PhoneConfig = field(default_factory=PhoneConfig)
+    sms: SmsConfig = field(default_factory=SmsConfig)
+    sfu: SfuConfig = field(default_factory=SfuConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
+
+    # Derived paths: everything personal lives under data_dir unless configured.
+    def data_path(self, *parts: str) -> Path:
+        return Path(self.server.data_dir).expanduser().resolve().joinpath(*parts)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.store.sqlite_path) if self.store.sqlite_path else self.data_path("state.db")
+
+    @property
+    def recording_dir(self) -> Path:
+        return Path(self.recording.dir) if self.recording.dir else self.data_path("recordings")
+
+    @property
+    def audit_path(self) -> Path:
+        return Path(self.audit.path) if self.audit.path else self.data_path("audit.log")
+
+    @property
+    def web_root(self) -> Path:
+        return Path(self.server.web_root) if self.server.web_root else REPO_ROOT / "web"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Keys that must never sit in the recording folder."""
+        return self.data_path("secrets")
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        if typ is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+        if origin is list:
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = [v.strip() for v in text.split(",") if v.strip()]
+    try:
+        if typ is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if typ is int:
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if origin is list:
+            if not isinstance(value, list):
+                raise TypeError
+            return [str(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot use {value!r} as {getattr(typ, '__name__', typ)}") from exc
+    return value
+
+
+def _apply(section_obj: Any, values: dict[str, Any], section: str) -> None:
+    hints = get_type_hints(type(section_obj))
+    for key, raw in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown configuration key [{section}] {key}")
+        setattr(section_obj, key, _coerce(raw, hints[key], f"[{section}] {key}"))
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file, then environment variables; validated."""
+    env = os.environ if environ is None else environ
+    cfg = Config()
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+        for section, values in data.items():
+            if not hasattr(cfg, section) or not isinstance(values, dict):
+                raise ConfigError(f"unknown configuration section [{section}]")
+            _apply(getattr(cfg, section), values, section)
+    for f in dataclasses.fields(cfg):
+        section_obj = getattr(cfg, f.name)
+        for key in get_type_hints(type(section_obj)):
+            name = f"{ENV_PREFIX}{f.name}_{key}".upper()
+            if name in env:
+                _apply(section_obj, {key: env[name]}, f.name)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if cfg.retention.period_hours > 24:
+        raise ConfigError(
+            f"[retention] period_hours = {cfg.retention.period_hours}: the promise is deletion "
+            "within 24 hours; values above 24 are refused")
+    if cfg.retention.period_hours <= 0:
+        raise ConfigError("[retention] period_hours must be positive")
+    if cfg.store.backend not in ("sqlite", "redis"):
+        raise ConfigError(f"[store] backend must be 'sqlite' or 'redis', not {cfg.store.backend!r}")
+    if cfg.sfu.video_codec.upper() not in ("VP8", "H264"):
+        raise ConfigError(f"[sfu] video_codec must be VP8 or H264, not {cfg.sfu.video_codec!r}")
+    if cfg.log.format not in ("json", "text"):
+        raise ConfigError("[log] format must be 'json' or 'text'")
+    if cfg.links.lifetime_minutes <= 0:
+        raise ConfigError("[links] lifetime_minutes must be positive")
+    if not 0 < cfg.links.signalling_token_seconds <= 300:
+        raise ConfigError("[links] signalling_token_seconds must be between 1 and 300")
+
+
+def as_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return {f.name: dataclasses.asdict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}

@@ -1,0 +1,41 @@
+# Shared by scripts/serve, scripts/test and scripts/bench: one virtualenv at .venv/.
+# Idempotent: reinstalls only when setup.cfg/pyproject.toml change.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+ensure_venv() {
+    local extras="$1"
+    if [ ! -x "$PY" ]; then
+        echo "madoguchi: creating virtualenv at .venv" >&2
+        python3 -m venv "$VENV"
+        "$PY" -m pip install -q --upgrade pip >&2
+    fi
+    local stamp="$VENV/.madoguchi-$extras"
+    local want
+    want="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "madoguchi: installing Python packages ($extras)" >&2
+        "$PY" -m pip install -q -e "$ROOT[$extras]" >&2
+        echo "$want" > "$stamp"
+    fi
+}
+
+# apt_ensure CMD-OR-PATH PACKAGE...: install Debian packages when the check fails.
+MISSING_PKGS=()
+need() {
+    local check="$1"; shift
+    if [[ "$check" == /* ]]; then [ -e "$check" ] && return 0
+    else command -v "$check" >/dev/null 2>&1 && return 0; fi
+    MISSING_PKGS+=("$@")
+}
+install_missing() {
+    [ ${#MISSING_PKGS[@]} -eq 0 ] && return 0
+    echo "madoguchi: installing Debian packages: ${MISSING_PKGS[*]}" >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${MISSING_PKGS[@]}" >&2
+    MISSING_PKGS=()
+}

@@ -1,0 +1,92 @@
+"""The SFU's public API, as signalling/ drives it and recorder/ consumes it.
+
+Vocabulary: a Room per consultation; the citizen is the publisher of video + audio and
+the subscriber of staff audio; each staff viewer subscribes to the citizen's media and
+may publish audio. Media is forwarded as RTP packets, never decoded or re-encoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class SfuError(Exception):
+    """A clear, client-safe error (bad SDP, unsupported codecs, closed room)."""
+
+
+@dataclass(frozen=True)
+class ForwardedPacket:
+    """One RTP packet as the SFU forwarded it, handed to packet sinks (the recorder).
+
+    ``track`` is "citizen-video", "citizen-audio" or "staff-audio"; ``payload`` is the
+    RTP payload exactly as received (no transcoding); ``timestamp``/``sequence`` are the
+    publisher's originals; ``keyframe`` is True on the first packet of a keyframe.
+    ``arrival`` is the monotonic arrival time (seconds); ``ntp_time`` is the wall-clock
+    time derived from the publisher's RTCP SR when known (else None).
+    """
+
+    track: str
+    codec: str  # "VP8", "H264", "opus"
+    clock_rate: int
+    payload_type: int
+    sequence: int
+    timestamp: int
+    marker: bool
+    payload: bytes
+    keyframe: bool
+    arrival: float
+    ntp_time: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PacketSink(Protocol):
+    """Receives forwarded packets. Must never block: queue and return."""
+
+    def on_packet(self, packet: ForwardedPacket) -> None: ...
+    def on_close(self) -> None: ...
+
+
+# Room events reported to signalling through ``Room.on_event(callback)``:
+#   ("citizen_connected", {})          ICE+DTLS up on the citizen leg
+#   ("citizen_media", {})              first citizen video keyframe forwarded
+#   ("citizen_disconnected", {})       citizen peer failed/closed
+#   ("staff_connected", {"viewer": id})
+#   ("staff_disconnected", {"viewer": id})
+#   ("first_frame", {"viewer": id, "seconds": float})  first keyframe sent to a viewer
+RoomEventCallback = Callable[[str, dict[str, Any]], None]
+
+
+class Room(Protocol):
+    id: str
+    video_codec: str
+
+    async def connect_citizen(self, offer_sdp: str) -> str:
+        """Answer the citizen's offer (video+audio sendrecv, data channel). Replaces an
+        earlier citizen peer (reconnect after a network change). Raises SfuError."""
+        ...
+
+    async def connect_staff(self, viewer_id: str, offer_sdp: str) -> str:
+        """Answer a staff viewer's offer (video recvonly, audio sendrecv). Raises SfuError."""
+        ...
+
+    async def disconnect_staff(self, viewer_id: str) -> None: ...
+
+    def send_to_citizen(self, message: dict[str, Any]) -> bool:
+        """Send a small JSON message on the citizen's data channel; False if not open."""
+        ...
+
+    def on_event(self, callback: RoomEventCallback) -> None: ...
+    def add_sink(self, sink: PacketSink) -> None: ...
+    def request_keyframe(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Sfu(Protocol):
+    def room(self, consultation_id: str) -> Room:
+        """Get or create the room of a consultation."""
+        ...
+
+    async def close_room(self, consultation_id: str) -> None: ...
+    async def close(self) -> None: ...
