@@ -18,6 +18,17 @@ COMMAND_MODULES = (
 )
 
 
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand accepts --config too (``madoguchi serve --config FILE``)."""
+    parser.add_argument("--config", default=argparse.SUPPRESS,
+                        help="TOML configuration file (default: built-in defaults)")
+
+
+def config_from_args(args: argparse.Namespace):  # -> Config
+    from madoguchi.config import load_config
+    return load_config(getattr(args, "config", None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="madoguchi",
                                      description="Madoguchi video consultation counter")
