@@ -1,0 +1,5 @@
+"""Shared test configuration. Fixture modules live in tests/fixtures/ and are listed here."""
+
+pytest_plugins = [
+    "tests.fixtures.ports",
+]
