@@ -38,3 +38,60 @@ SUBSCRIBER_RTT = Histogram("madoguchi_sfu_rtt_seconds", "Round-trip time from RT
                            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1))
 SFU_ERRORS = Counter("madoguchi_sfu_errors_total", "Refused or failed SFU operations",
                      ["reason"])
+
+# recording
+RECORDING_BYTES = Counter("madoguchi_recording_bytes_total",
+                          "Encrypted segment bytes written")
+RECORDING_SEGMENTS = Counter("madoguchi_recording_segments_total",
+                             "Encrypted segments written")
+RECORDING_ERRORS = Counter("madoguchi_recording_errors_total",
+                           "Recording failures (mux, encrypt, write)", ["reason"])
+RECORDING_ENCRYPT_SECONDS = Histogram(
+    "madoguchi_recording_encrypt_seconds", "Time to encrypt one segment",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+RECORDING_DROPPED_PACKETS = Counter("madoguchi_recording_dropped_packets_total",
+                                    "Forwarded packets the recorder could not queue")
+RECORDING_ACTIVE = Gauge("madoguchi_recording_active", "Consultations being recorded")
+
+# retention (the 24-hour deletion promise)
+RETENTION_OLDEST_AGE = Gauge(
+    "madoguchi_retention_oldest_personal_datum_age_seconds",
+    "Age of the oldest personal datum still stored (0 when none)")
+RETENTION_OVERDUE = Gauge("madoguchi_retention_overdue",
+                          "Personal data items past their deletion deadline")
+RETENTION_DELETIONS = Counter("madoguchi_retention_deletions_total",
+                              "Personal data items deleted by retention", ["kind"])
+RETENTION_LAST_SUCCESS = Gauge("madoguchi_retention_last_success_timestamp_seconds",
+                               "Epoch seconds of the last complete retention run")
+
+# sms
+SMS_SENT = Counter("madoguchi_sms_sent_total", "SMS accepted by the gateway")
+SMS_DELIVERED = Counter("madoguchi_sms_delivered_total", "SMS delivery reports: delivered")
+SMS_FAILED = Counter("madoguchi_sms_failed_total", "SMS that failed (send or delivery report)",
+                     ["reason"])
+
+# citizen links
+LINK_REFUSAL_REASONS = ("expired", "used", "unknown", "rate_limited", "ended", "revoked",
+                        "in_use", "not_consented")
+LINK_OPENS = Counter("madoguchi_link_opens_total", "Citizen links opened")
+LINK_REFUSALS = Counter("madoguchi_link_refusals_total", "Citizen links refused by reason",
+                        ["reason"])
+
+# staff security
+LOGIN_RESULTS = ("success", "failure", "locked", "disabled")
+LOGINS = Counter("madoguchi_logins_total", "Staff login attempts by result", ["result"])
+ACCOUNT_LOCKOUTS = Counter("madoguchi_account_lockouts_total",
+                           "Staff accounts locked after repeated failures")
+
+# Pre-initialise bounded label values so dashboards and rate() see a 0 before the first event.
+for _kind in ("audio", "video"):
+    FORWARDED_PACKETS.labels(kind=_kind)
+    FORWARDED_BYTES.labels(kind=_kind)
+    RTX_SENT.labels(kind=_kind)
+    SUBSCRIBER_LOSS.labels(kind=_kind)
+    SUBSCRIBER_JITTER.labels(kind=_kind)
+    SUBSCRIBER_RTT.labels(kind=_kind)
+for _reason in LINK_REFUSAL_REASONS:
+    LINK_REFUSALS.labels(reason=_reason)
+for _result in LOGIN_RESULTS:
+    LOGINS.labels(result=_result)
