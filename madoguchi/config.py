@@ -75,6 +75,7 @@ class SmsConfig:
     kannel_username: str = ""
     kannel_password: str = ""
     dlr_base_url: str = ""
+    dlr_secret_file: str = ""
     timeout_seconds: float = 5.0
     retries: int = 2
 
