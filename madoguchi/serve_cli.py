@@ -1,0 +1,63 @@
+"""``madoguchi serve``: run the citizen site, staff site, SFU, recorder and retention."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from madoguchi.cli import add_config_option, config_from_args
+from madoguchi.config import Config, ConfigError
+from madoguchi.logs import event, setup_logging
+
+log = logging.getLogger("madoguchi.serve")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the server (all components)")
+    add_config_option(p)
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"madoguchi: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log.format, cfg.log.level)
+    if cfg.sfu.use_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        return asyncio.run(_run(cfg))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(cfg: Config) -> int:
+    from signalling.app import Server, StartupError
+
+    server = Server(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except StartupError as exc:
+        print(f"madoguchi: cannot start: {exc}", file=sys.stderr)
+        await server.stop()
+        return 2
+    print(f"madoguchi: citizen site https://{cfg.server.citizen_host}:{server.ports['citizen']}/ "
+          f"staff site https://{cfg.server.staff_host}:{server.ports['staff']}/ "
+          f"operator http://{cfg.operator.host}:{server.ports['operator']}/metrics",
+          file=sys.stderr, flush=True)
+    await stop.wait()
+    event(log, "shutdown_requested")
+    await server.stop()
+    return 0

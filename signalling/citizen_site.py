@@ -1,0 +1,222 @@
+"""The citizen site: the SMS link, the consent screen and the citizen's signalling socket.
+
+Served with server TLS only. The link token appears only in the path of ``/c/{token}``
+and in request bodies; it is never logged (the access log is off) and never leaves
+through Referer (``Referrer-Policy: no-referrer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from madoguchi import metrics
+from madoguchi.logs import event
+from signalling.consultations import ConsultationError, ConsultationService, LinkRefused
+from signalling.httputil import fail, html_page, read_json, str_field
+
+log = logging.getLogger(__name__)
+
+DEVICE_COOKIE = "md_device"
+SERVICE = web.AppKey("service", ConsultationService)
+AUTH_TIMEOUT = 10.0
+
+
+class AddressRateLimiter:
+    """Sliding-window limit of link lookups per client address (scanners, not citizens)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._hits: dict[str, deque[float]] = {}
+
+    def allow(self, address: str) -> bool:
+        now = time.monotonic()
+        hits = self._hits.setdefault(address, deque())
+        while hits and hits[0] <= now - 60:
+            hits.popleft()
+        if len(hits) >= self.per_minute:
+            return False
+        hits.append(now)
+        if len(self._hits) > 10_000:  # bound memory under a scan from many addresses
+            for key in [k for k, v in self._hits.items() if not v]:
+                del self._hits[key]
+        return True
+
+
+def _refused(reason: str) -> None:
+    metrics.LINK_REFUSALS.labels(reason=reason).inc()
+
+
+def _limit(request: web.Request) -> None:
+    limiter: AddressRateLimiter = request.app["limiter"]
+    if not limiter.allow(request.remote or "?"):
+        _refused("rate_limited")
+        fail(429, "rate_limited", "Too many requests; please wait a minute.")
+
+
+async def link_page(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    web_root = request.app["web_root"]
+    _limit(request)
+    try:
+        await service.find_link(request.match_info["token"],
+                                request.cookies.get(DEVICE_COOKIE, ""))
+    except LinkRefused as exc:
+        _refused(exc.reason)
+        if exc.reason == "in_use":
+            return html_page(web_root / "in-use.html", 409)
+        # One page and one status for expired, ended, revoked and unknown: no hint which.
+        return html_page(web_root / "refused.html", 404)
+    return html_page(web_root / "citizen" / "index.html")
+
+
+def _refusal_json(exc: LinkRefused) -> None:
+    _refused(exc.reason)
+    if exc.reason == "in_use":
+        fail(409, "link_in_use", "This link is already in use on another device.")
+    fail(404, "link_unusable", "This link can no longer be used.")
+
+
+async def api_open(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    _limit(request)
+    data = await read_json(request)
+    token = str_field(data, "token", 64)
+    device = request.cookies.get(DEVICE_COOKIE, "")
+    try:
+        c = await service.open_link(token, device)
+    except LinkRefused as exc:
+        _refusal_json(exc)
+    return web.json_response({
+        "state": c.state, "recording": c.recording,
+        "lifetime_minutes": service.cfg.links.lifetime_minutes,
+        "bound": bool(c.device_hash),
+    })
+
+
+def _set_device_cookie(response: web.StreamResponse, value: str, max_age: int) -> None:
+    response.set_cookie(DEVICE_COOKIE, value, max_age=max_age, path="/", secure=True,
+                        httponly=True, samesite="Strict")
+
+
+async def api_consent(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    _limit(request)
+    data = await read_json(request)
+    token = str_field(data, "token", 64)
+    try:
+        c, cookie, signalling = await service.consent(token, request.cookies.get(DEVICE_COOKIE, ""))
+    except LinkRefused as exc:
+        _refusal_json(exc)
+    response = web.json_response({"signalling_token": signalling, "state": c.state})
+    _set_device_cookie(response, cookie, 24 * 3600)
+    return response
+
+
+async def api_reconnect(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    _limit(request)
+    data = await read_json(request)
+    token = str_field(data, "token", 64)
+    try:
+        c, signalling = await service.reconnect(token, request.cookies.get(DEVICE_COOKIE, ""))
+    except LinkRefused as exc:
+        _refusal_json(exc)
+    return web.json_response({"signalling_token": signalling, "state": c.state})
+
+
+async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
+    service = request.app[SERVICE]
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=request.app["max_message_bytes"])
+    await ws.prepare(request)
+    try:
+        first = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT)
+    except TimeoutError:
+        await ws.close(code=4401, message=b"auth timeout")
+        return ws
+    message = _parse(first)
+    c = None
+    if message and message.get("type") == "auth" and isinstance(message.get("token"), str):
+        c = await service.check_signalling_token(message["token"])
+    if c is None:
+        await ws.send_json({"type": "error", "error": "unauthorised",
+                            "message": "This session is not valid any more."})
+        await ws.close(code=4401, message=b"unauthorised")
+        return ws
+    cid = c.id
+    await ws.send_json({"type": "ready", "ice_servers": request.app["ice_servers"],
+                        "recording": c.recording})
+    event(log, "citizen_socket_open", consultation=cid, ward=c.ward)
+    async with service.hub.citizen_subscription(cid) as queue:
+        pusher = asyncio.ensure_future(_push(ws, queue))
+        try:
+            async for msg in ws:
+                data = _parse(msg)
+                if data is None:
+                    if msg.type == WSMsgType.TEXT:
+                        await ws.send_json({"type": "error", "error": "bad_message",
+                                            "message": "Messages must be JSON objects."})
+                    continue
+                await _handle_citizen(ws, service, cid, data)
+        finally:
+            pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pusher
+    event(log, "citizen_socket_closed", consultation=cid)
+    return ws
+
+
+async def _handle_citizen(ws: web.WebSocketResponse, service: ConsultationService, cid: str,
+                          data: dict[str, Any]) -> None:
+    kind = data.get("type")
+    if kind == "offer" and isinstance(data.get("sdp"), str):
+        try:
+            answer = await service.citizen_offer(cid, data["sdp"])
+        except ConsultationError as exc:
+            await ws.send_json({"type": "error", "error": exc.code, "message": exc.message})
+            return
+        await ws.send_json({"type": "answer", "sdp": answer})
+    elif kind == "end":
+        await service.citizen_end(cid)
+    elif kind == "ping":
+        await ws.send_json({"type": "pong"})
+    else:
+        await ws.send_json({"type": "error", "error": "unknown_message",
+                            "message": "Unknown message type."})
+
+
+async def _push(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    while not ws.closed:
+        message = await queue.get()
+        await ws.send_json(message)
+        if message.get("type") == "ended":
+            await ws.close()
+            return
+
+
+def _parse(msg: Any) -> dict[str, Any] | None:
+    if msg.type != WSMsgType.TEXT:
+        return None
+    try:
+        data = json.loads(msg.data)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def add_routes(app: web.Application) -> None:
+    web_root = app["web_root"]
+    app.router.add_get("/c/{token}", link_page)
+    app.router.add_post("/api/citizen/open", api_open)
+    app.router.add_post("/api/citizen/consent", api_consent)
+    app.router.add_post("/api/citizen/reconnect", api_reconnect)
+    app.router.add_get("/ws/citizen", citizen_socket)
+    app.router.add_static("/citizen/", web_root / "citizen", follow_symlinks=False)
+    app.router.add_static("/common/", web_root / "common", follow_symlinks=False)

@@ -1,0 +1,62 @@
+"""Small aiohttp helpers shared by both sites: JSON bodies, JSON errors, static files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NoReturn
+
+from aiohttp import web
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+def fail(status: int, code: str, message: str) -> NoReturn:
+    """Abort the handler with a JSON error (no traceback ever reaches the client)."""
+    raise _http_error(status, code, message)
+
+
+def _http_error(status: int, code: str, message: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
+           404: web.HTTPNotFound, 409: web.HTTPConflict, 410: web.HTTPGone,
+           413: web.HTTPRequestEntityTooLarge, 429: web.HTTPTooManyRequests,
+           503: web.HTTPServiceUnavailable}.get(status, web.HTTPBadRequest)
+    body = json.dumps({"error": code, "message": message}, ensure_ascii=False)
+    if cls is web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, text=body,
+                                             content_type="application/json")
+    return cls(text=body, content_type="application/json")
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a clear 400/413."""
+    if request.content_length is not None and request.content_length > request.app[
+            "max_message_bytes"]:
+        fail(413, "too_large", "Request body too large.")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        fail(413, "too_large", "Request body too large.")
+    try:
+        data = json.loads(raw.decode("utf-8")) if raw else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        fail(400, "bad_json", "The request body is not valid JSON.")
+    if not isinstance(data, dict):
+        fail(400, "bad_json", "The request body must be a JSON object.")
+    return data
+
+
+def str_field(data: dict[str, Any], name: str, max_len: int = 4096, required: bool = True) -> str:
+    value = data.get(name, "")
+    if not isinstance(value, str) or (required and not value):
+        fail(400, "missing_field", f"Field '{name}' is required (a string).")
+    if len(value) > max_len:
+        fail(400, "field_too_long", f"Field '{name}' is too long.")
+    return value
+
+
+def html_page(path: Path, status: int = 200) -> web.Response:
+    return web.Response(body=path.read_bytes(), status=status,
+                        content_type="text/html", charset="utf-8")

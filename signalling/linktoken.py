@@ -1,0 +1,88 @@
+"""Link tokens (the SMS credential) and the short-lived signalling tokens issued after them.
+
+A link token is 128 random bits, base64url, 22 characters; only its SHA-256 is stored.
+After the citizen consents, a JWT (HS256, audience-bound, exp <= 5 min) authorises the
+citizen's WebSocket, so the link token itself never travels again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from pathlib import Path
+
+import jwt
+
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+CITIZEN_AUDIENCE = "madoguchi-citizen"
+
+
+def new_link_token() -> str:
+    return secrets.token_urlsafe(16)  # 16 bytes -> 22 characters
+
+
+def looks_like_token(text: str) -> bool:
+    return bool(TOKEN_RE.match(text))
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(b"link|" + token.encode()).hexdigest()
+
+
+def device_hash(cookie_value: str) -> str:
+    return hashlib.sha256(b"device|" + cookie_value.encode()).hexdigest()
+
+
+def new_id() -> str:
+    """Consultation id: random, not derived from anything personal."""
+    return secrets.token_hex(8)
+
+
+def load_secret(path: Path) -> bytes:
+    """Read a 32-byte secret, creating it (0600) on first use."""
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        value = os.urandom(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value.hex())
+        return value
+
+
+class SignallingTokens:
+    """Issues and checks the citizen's WebSocket JWTs."""
+
+    def __init__(self, secret: bytes, lifetime_seconds: int, now) -> None:  # noqa: ANN001
+        self._secret = secret
+        self._lifetime = lifetime_seconds
+        self._now = now
+
+    def issue(self, consultation_id: str, device: str) -> str:
+        now = int(self._now())
+        claims = {"sub": consultation_id, "aud": CITIZEN_AUDIENCE, "iat": now,
+                  "exp": now + self._lifetime, "dev": device[:16], "jti": secrets.token_hex(8)}
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def check(self, token: str) -> tuple[str, str] | None:
+        """(consultation id, device prefix) or None for any invalid/expired/tampered token."""
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"],
+                                audience=CITIZEN_AUDIENCE,
+                                options={"require": ["exp", "sub", "aud", "iat"],
+                                         "verify_exp": False, "verify_iat": False})
+        except jwt.PyJWTError:
+            return None
+        # Expiry is checked against the injected clock (PyJWT would use the system clock).
+        now = self._now()
+        if not isinstance(claims["exp"], int) or claims["exp"] <= now or claims["iat"] > now + 60:
+            return None
+        return str(claims["sub"]), str(claims.get("dev", ""))
+
+
+def same_device(prefix: str, full_hash: str) -> bool:
+    return bool(full_hash) and hmac.compare_digest(prefix, full_hash[:16])

@@ -1,0 +1,285 @@
+"""The staff site: login, the console API and the staff signalling socket.
+
+Reached only through mutual TLS (signalling/tls.py). Every route but the login page,
+static assets and POST /api/login needs a session (signalling/auth.py); the session is
+bound to the client certificate of the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from madoguchi.logs import event
+from signalling.auth import Authenticator, LoginError, Principal
+from signalling.consultations import Actor, ConsultationError, ConsultationService
+from signalling.httputil import fail, html_page, read_json, str_field
+from signalling.tls import peer_certificate
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("service", ConsultationService)
+AUTH = web.AppKey("auth", Authenticator)
+
+# Routes reachable with a client certificate but without a login session.
+PUBLIC_PATHS = frozenset({"/", "/login", "/api/login"})
+PUBLIC_PREFIXES = ("/staff/", "/common/")
+# Routes a new account may use before it has changed its password.
+PASSWORD_CHANGE_PATHS = frozenset({"/api/me", "/api/password", "/api/logout"})
+
+
+def _actor(request: web.Request) -> Actor:
+    principal: Principal = request["principal"]
+    cert = peer_certificate(request)
+    return Actor(username=principal.username, ward=principal.ward, role=principal.role,
+                 cert_serial=cert[1] if cert else "")
+
+
+@web.middleware
+async def require_login(request: web.Request, handler: Any) -> web.StreamResponse:
+    path = request.path
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return await handler(request)
+    principal = await request.app[AUTH].authenticate(request)
+    if principal is None:
+        fail(401, "login_required", "Please log in.")
+    if principal.must_change_password and path not in PASSWORD_CHANGE_PATHS:
+        fail(403, "password_change_required", "Please change your password first.")
+    request["principal"] = principal
+    return await handler(request)
+
+
+def _consultation_error(exc: ConsultationError) -> web.Response:
+    return web.json_response({"error": exc.code, "message": exc.message}, status=exc.status)
+
+
+async def index(request: web.Request) -> web.Response:
+    return html_page(request.app["web_root"] / "staff" / "index.html")
+
+
+async def api_login(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    username = str_field(data, "username", 64)
+    password = str_field(data, "password", 1024)
+    cert = peer_certificate(request)
+    if cert is None:  # cannot happen behind CERT_REQUIRED; refuse rather than assume
+        fail(401, "no_certificate", "A client certificate is required.")
+    try:
+        session, cookie, account = await request.app[AUTH].login(
+            username, password, cert[0], cert[1])
+    except LoginError as exc:
+        status = 429 if exc.code == "rate_limited" else 401
+        fail(status, exc.code, exc.message)
+    response = web.json_response({
+        "username": account.username, "ward": account.ward, "role": account.role,
+        "must_change_password": account.must_change_password,
+        "csrf_token": session.csrf_token,
+    })
+    request.app[AUTH].set_cookie(response, cookie)
+    return response
+
+
+async def api_logout(request: web.Request) -> web.Response:
+    response = web.json_response({"ok": True})
+    await request.app[AUTH].logout(request, response)
+    return response
+
+
+async def api_me(request: web.Request) -> web.Response:
+    p: Principal = request["principal"]
+    return web.json_response({"username": p.username, "ward": p.ward, "role": p.role,
+                              "must_change_password": p.must_change_password,
+                              "csrf_token": p.session.csrf_token})
+
+
+async def api_password(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    old = str_field(data, "old_password", 1024)
+    new = str_field(data, "new_password", 1024)
+    try:
+        await request.app[AUTH].change_password(request["principal"], old, new)
+    except LoginError as exc:
+        fail(400, exc.code, exc.message)
+    return web.json_response({"ok": True})
+
+
+async def api_list(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    items = await service.list_for(_actor(request))
+    return web.json_response({"items": [service.view(c) for c in items]})
+
+
+async def api_create(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    data = await read_json(request)
+    phone = str_field(data, "phone", 64)
+    try:
+        c = await service.create(_actor(request), phone)
+    except ConsultationError as exc:
+        return _consultation_error(exc)
+    return web.json_response(service.view(c), status=201)
+
+
+async def api_get(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        c = await service.get_for(_actor(request), request.match_info["cid"])
+    except ConsultationError as exc:
+        return _consultation_error(exc)
+    return web.json_response(service.view(c))
+
+
+async def api_end(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        c = await service.staff_end(_actor(request), request.match_info["cid"])
+    except ConsultationError as exc:
+        return _consultation_error(exc)
+    return web.json_response(service.view(c))
+
+
+async def api_resend(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        c = await service.resend(_actor(request), request.match_info["cid"])
+    except ConsultationError as exc:
+        return _consultation_error(exc)
+    return web.json_response(service.view(c))
+
+
+async def api_revoke(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        c = await service.revoke(_actor(request), request.match_info["cid"])
+    except ConsultationError as exc:
+        return _consultation_error(exc)
+    return web.json_response(service.view(c))
+
+
+async def api_send_link(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    data = await read_json(request)
+    url = str_field(data, "url", 2000)
+    title = str_field(data, "title", 200, required=False)
+    try:
+        await service.send_link(_actor(request), request.match_info["cid"], url, title)
+    except ConsultationError as exc:
+        return _consultation_error(exc)
+    return web.json_response({"ok": True})
+
+
+async def staff_socket(request: web.Request) -> web.WebSocketResponse:
+    service = request.app[SERVICE]
+    actor = _actor(request)
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=request.app["max_message_bytes"])
+    await ws.prepare(request)
+    socket_id = secrets.token_hex(4)
+    viewing: set[str] = set()
+    await ws.send_json({"type": "ready", "ice_servers": request.app["ice_servers"]})
+    await _send_list(ws, service, actor)
+    event(log, "staff_socket_open", staff=actor.username, ward=actor.ward)
+    async with service.hub.staff_subscription() as queue:
+        pusher = asyncio.ensure_future(_push(ws, queue, service, actor))
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    data = None
+                if not isinstance(data, dict):
+                    await ws.send_json({"type": "error", "error": "bad_message",
+                                        "message": "Messages must be JSON objects."})
+                    continue
+                await _handle_staff(ws, service, actor, socket_id, viewing, data)
+        finally:
+            pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pusher
+            for cid in viewing:
+                await service.staff_leave(cid, f"{actor.username}:{socket_id}")
+    return ws
+
+
+async def _handle_staff(ws: web.WebSocketResponse, service: ConsultationService, actor: Actor,
+                        socket_id: str, viewing: set[str], data: dict[str, Any]) -> None:
+    kind = data.get("type")
+    cid = data.get("id")
+    if kind not in ("view", "leave", "end") or not isinstance(cid, str):
+        await ws.send_json({"type": "error", "error": "unknown_message",
+                            "message": "Unknown message type."})
+        return
+    viewer_id = f"{actor.username}:{socket_id}"
+    try:
+        if kind == "view":
+            sdp = data.get("sdp")
+            if not isinstance(sdp, str):
+                raise ConsultationError("bad_offer", "The offer carries no SDP.")
+            answer = await service.staff_view(actor, cid, viewer_id, sdp)
+            viewing.add(cid)
+            await ws.send_json({"type": "answer", "id": cid, "sdp": answer})
+        elif kind == "leave":
+            viewing.discard(cid)
+            await service.staff_leave(cid, viewer_id)
+        else:
+            await service.staff_end(actor, cid)
+    except ConsultationError as exc:
+        await ws.send_json({"type": "error", "id": cid, "error": exc.code,
+                            "message": exc.message})
+
+
+async def _send_list(ws: web.WebSocketResponse, service: ConsultationService,
+                     actor: Actor) -> None:
+    items = await service.list_for(actor)
+    await ws.send_json({"type": "consultations", "items": [service.view(c) for c in items]})
+
+
+async def _push(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]],
+                service: ConsultationService, actor: Actor) -> None:
+    while not ws.closed:
+        message = await queue.get()
+        if message.get("type") == "changed":
+            while not queue.empty():  # coalesce a burst of changes into one list
+                nxt = queue.get_nowait()
+                if nxt.get("type") != "changed":
+                    await _forward(ws, service, actor, nxt)
+            await _send_list(ws, service, actor)
+        else:
+            await _forward(ws, service, actor, message)
+
+
+async def _forward(ws: web.WebSocketResponse, service: ConsultationService, actor: Actor,
+                   message: dict[str, Any]) -> None:
+    cid = message.get("id")
+    if isinstance(cid, str):
+        c = await service.store.get_consultation(cid)
+        if c is None or not service.visible_to(actor, c):
+            return  # other wards' events never reach this console
+    await ws.send_json(message)
+
+
+def add_routes(app: web.Application) -> None:
+    web_root = app["web_root"]
+    app.router.add_get("/", index)
+    app.router.add_get("/login", index)
+    app.router.add_post("/api/login", api_login)
+    app.router.add_post("/api/logout", api_logout)
+    app.router.add_get("/api/me", api_me)
+    app.router.add_post("/api/password", api_password)
+    app.router.add_get("/api/consultations", api_list)
+    app.router.add_post("/api/consultations", api_create)
+    app.router.add_get("/api/consultations/{cid}", api_get)
+    app.router.add_post("/api/consultations/{cid}/end", api_end)
+    app.router.add_post("/api/consultations/{cid}/resend", api_resend)
+    app.router.add_post("/api/consultations/{cid}/revoke", api_revoke)
+    app.router.add_post("/api/consultations/{cid}/links", api_send_link)
+    app.router.add_get("/ws/staff", staff_socket)
+    app.router.add_static("/staff/", web_root / "staff", follow_symlinks=False)
+    app.router.add_static("/common/", web_root / "common", follow_symlinks=False)
