@@ -61,6 +61,14 @@ def setup_logging(fmt: str = "json", level: str = "INFO", stream: Any = None) ->
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one event with structured fields (ids only, never personal data)."""
-    logger.log(level, name, extra=fields)
+def event(logger: logging.Logger, name: str, /, level: int = logging.INFO,
+          **fields: Any) -> None:
+    """Log one event with structured fields (ids only, never personal data).
+
+    ``exc_info`` is passed to logging (the formatters keep only the exception's type). A
+    field named like another LogRecord attribute (``name``, ``module``, ``msg``…) is logged
+    with a trailing underscore instead of raising inside the caller.
+    """
+    exc_info = fields.pop("exc_info", None)
+    extra = {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}
+    logger.log(level, name, exc_info=exc_info, extra=extra)
