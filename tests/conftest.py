@@ -2,4 +2,9 @@
 
 pytest_plugins = [
     "tests.fixtures.ports",
+    "tests.fixtures.redis",
+    "tests.fixtures.kannel",
+    "tests.fixtures.privacy",
+    "tests.fixtures.prometheus",
+    "tests.fixtures.server",
 ]
