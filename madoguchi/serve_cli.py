@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -29,6 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"madoguchi: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log.format, cfg.log.level)
+    from madoguchi.devmode import apply_dev_defaults
+    has_file = bool(getattr(args, "config", None) or os.environ.get("MADOGUCHI_CONFIG"))
+    apply_dev_defaults(cfg, has_file)
     if cfg.sfu.use_uvloop:
         with contextlib.suppress(ImportError):
             import uvloop

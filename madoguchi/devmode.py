@@ -1,0 +1,43 @@
+"""Development defaults for ``madoguchi serve`` without a configuration file.
+
+With no ``[tls]`` paths, a development PKI is made (or reused) in ``<data_dir>/certs``.
+With no configuration file at all and no key-encryption key, a development KEK is made
+in ``<data_dir>/secrets`` (never in the recording folder). A configuration file that
+enables recording without a KEK is refused at start-up instead: production must say
+where its key lives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from madoguchi.config import Config
+from madoguchi.logs import event
+
+log = logging.getLogger(__name__)
+
+
+def apply_dev_defaults(cfg: Config, has_config_file: bool) -> list[str]:
+    """Fill in development TLS and KEK settings; returns what was filled (for the log)."""
+    done: list[str] = []
+    if not cfg.tls.server_cert and not cfg.tls.staff_ca:
+        from madoguchi.certs import make_dev_certs
+        certs = make_dev_certs(cfg.data_path("certs"))
+        for key, value in certs.tls_config().items():
+            setattr(cfg.tls, key, value)
+        done.append("development certificates in " + str(certs.dir))
+    kek_configured = bool(cfg.recording.kek_file) or bool(os.environ.get(cfg.recording.kek_env))
+    if cfg.recording.enabled and not kek_configured and not has_config_file:
+        path = cfg.secrets_dir / "dev-kek.hex"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(os.urandom(32).hex())
+        cfg.recording.kek_file = str(Path(path))
+        done.append("development key-encryption key in " + str(path))
+    for what in done:
+        event(log, "development_default", logging.WARNING, detail=what)
+    return done
