@@ -130,7 +130,7 @@ class Server:
 
     def operator_app(self) -> web.Application:
         from madoguchi.operator import folder_writable, operator_app
-        from signalling.sms.dlr import dlr_routes
+        from signalling.sms.dlr import dlr_routes, load_dlr_secret
 
         checks: dict[str, Callable[[], Awaitable[None]]] = {
             "store": self.store.ping,
@@ -139,11 +139,8 @@ class Server:
         if self.recording is not None:
             checks["recording_folder"] = folder_writable(self.cfg.recording_dir)
             checks["kek"] = self.recording.check_kek
-        routes = dlr_routes(self.service.sms_report, self._dlr_secret())
+        routes = dlr_routes(self.service.sms_report, load_dlr_secret(self.cfg))
         return operator_app(self.cfg, checks, extra_routes=routes)
-
-    def _dlr_secret(self) -> str:
-        return load_secret(self.cfg.secrets_dir / "dlr.key").hex()[:32]
 
     # ------------------------------------------------------------------ run
     async def start(self) -> None:

@@ -268,8 +268,6 @@ class ConsultationService:
                 return  # reports arrive in any order; delivered wins
             await self.store.update_consultation(cid, {"sms_status": status})
             self.hub.consultations_changed(cid)
-        if status == "delivered":
-            metrics.SMS_DELIVERED.inc()
 
     async def send_link(self, actor: Actor, cid: str, url: str, title: str) -> None:
         c = await self._get_visible(actor, cid)
