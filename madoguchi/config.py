@@ -55,7 +55,7 @@ class StoreConfig:
 
 @dataclass
 class LinksConfig:
-    lifetime_minutes: int = 30
+    lifetime_minutes: float = 30.0
     signalling_token_seconds: int = 300
     secret_file: str = ""
     lookups_per_minute: int = 30

@@ -44,10 +44,11 @@ def _check_fields(template: str) -> None:
         raise ConfigError("[sms] template must contain {url} (the citizen's link)")
 
 
-def render_sms(template: str, url: str, minutes: int) -> str:
+def render_sms(template: str, url: str, minutes: float) -> str:
     """The message text; raises ConfigError for placeholders other than {url}/{minutes}."""
     _check_fields(template)
-    return template.format(url=url, minutes=minutes)
+    shown = int(minutes) if float(minutes).is_integer() else round(float(minutes), 1)
+    return template.format(url=url, minutes=shown)
 
 
 def check_template(cfg: Any) -> str:
