@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from madoguchi.gauges import ensure_process_collector
 from madoguchi.logs import event
@@ -34,6 +34,9 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 
 DEFAULT_CHECK_TIMEOUT = 2.0
 BEFORE_SCRAPE_TIMEOUT = 2.0
+# The classic text format every Prometheus 2.x parses (prometheus-client >= 0.22 labels its
+# identical output "version=1.0.0").
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class NotReady(Exception):
     """A dependency is not usable; the message is a short fixed text, never personal data."""
@@ -73,7 +76,7 @@ def operator_app(cfg: Any, readiness: dict[str, ReadinessCheck],
                 event(log, "metrics_refresh_failed", logging.WARNING,
                       error=type(exc).__name__)
         body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST,
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE,
                                                 "Cache-Control": "no-store"})
 
     async def healthz(request: web.Request) -> web.Response:
