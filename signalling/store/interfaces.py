@@ -120,6 +120,10 @@ class DataKey:
 
 class Lock(Protocol):
     async def release(self) -> None: ...
+    async def refresh(self, ttl_seconds: float) -> bool:
+        """Extend a lock with an expiry (Redis); False if it was lost (another holder may
+        have it now: stop working). File locks never expire and answer True while held."""
+        ...
 
 
 class Store(Protocol):
@@ -173,3 +177,11 @@ class Store(Protocol):
 
     # mutual exclusion between daemons (retention): None if held elsewhere
     async def try_lock(self, name: str, ttl_seconds: float) -> Lock | None: ...
+
+    # small non-personal operational values (e.g. the retention daemon's last run)
+    async def get_meta(self, name: str) -> str | None: ...
+    async def put_meta(self, name: str, value: str) -> None: ...
+    async def compact_deleted(self) -> None:
+        """Make deleted records unrecoverable from the store's own files where it keeps
+        any (SQLite: truncate the write-ahead log); called after a retention run."""
+        ...
