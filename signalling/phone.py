@@ -43,9 +43,9 @@ MOBILE_TYPES = (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE)
 _TYPE_NAMES = {v: k.lower() for k, v in vars(PhoneNumberType).items()
                if k.isupper() and isinstance(v, int)}
 
-INVALID_MESSAGE = ("電話番号として正しくありません。携帯電話の番号（例：090-1234-5678）を"
+INVALID_MESSAGE = ("電話番号として正しくありません。携帯電話の番号（例：090-XXXX-XXXX）を"
                    "入力してください。 / This is not a valid phone number; enter a mobile "
-                   "number such as 090-1234-5678.")
+                   "number such as 090-XXXX-XXXX.")
 NOT_MOBILE_MESSAGE = ("携帯電話の番号ではありません。固定電話などではSMSを受け取れません。"
                       "携帯電話の番号（070・080・090など）を入力してください。 / This is not a "
                       "mobile number: landlines cannot receive SMS. Enter a mobile number "

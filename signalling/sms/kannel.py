@@ -145,13 +145,19 @@ class KannelProvider:
             await asyncio.sleep(min(self._backoff * 2 ** (attempt - 1), 2.0))
 
     async def check(self) -> None:
-        """The smsbox answers HTTP (a request without recipient sends nothing)."""
+        """smsbox answers and accepts our credentials: a sendsms without recipient is
+        refused with 400 (nothing is sent); 403 means wrong credentials."""
+        headers = {"Content-Type": "text/plain; charset=UTF-8",
+                   "X-Kannel-Username": self._username, "X-Kannel-Password": self._password}
         try:
-            async with self._client().get(self._url, allow_redirects=False) as resp:
+            async with self._client().post(self._url, data=b"", headers=headers,
+                                           allow_redirects=False) as resp:
                 await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError):
             raise SmsError(GATEWAY_UNAVAILABLE, UNAVAILABLE_MESSAGE) from None
+        if status in (401, 403):
+            raise SmsError(GATEWAY_AUTH, AUTH_MESSAGE, retryable=False)
         if status >= 500:
             raise SmsError(GATEWAY_UNAVAILABLE, UNAVAILABLE_MESSAGE)
 
