@@ -153,13 +153,14 @@ class Server:
         cfg = self.cfg
         citizen_ctx = citizen_ssl_context(cfg)
         staff_ctx = staff_ssl_context(cfg)
+        crl_reloader = CrlReloader(cfg, staff_ctx)  # before the first handshake
         await self._listen("citizen", self.citizen_app(), cfg.server.citizen_host,
                            cfg.server.citizen_port, citizen_ctx)
         await self._listen("staff", self.staff_app(), cfg.server.staff_host,
                            cfg.server.staff_port, staff_ctx)
         await self._listen("operator", self.operator_app(), cfg.operator.host,
                            cfg.operator.port, None)
-        self._spawn(CrlReloader(cfg, staff_ctx).run(self._stop))
+        self._spawn(crl_reloader.run(self._stop))
         self._spawn(self._housekeeping())
         if cfg.retention.embedded:
             from retention.daemon import RetentionDaemon

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from madoguchi.logs import event
-from signalling.auth import Authenticator, LoginError, Principal
+from signalling.auth import Authenticator, LoginError, Principal, password_change_required
 from signalling.consultations import Actor, ConsultationError, ConsultationService
 from signalling.httputil import fail, html_page, read_json, str_field
 from signalling.tls import peer_certificate
@@ -30,8 +30,6 @@ AUTH = web.AppKey("auth", Authenticator)
 # Routes reachable with a client certificate but without a login session.
 PUBLIC_PATHS = frozenset({"/", "/login", "/api/login"})
 PUBLIC_PREFIXES = ("/staff/", "/common/")
-# Routes a new account may use before it has changed its password.
-PASSWORD_CHANGE_PATHS = frozenset({"/api/me", "/api/password", "/api/logout"})
 
 
 def _actor(request: web.Request) -> Actor:
@@ -49,7 +47,7 @@ async def require_login(request: web.Request, handler: Any) -> web.StreamRespons
     principal = await request.app[AUTH].authenticate(request)
     if principal is None:
         fail(401, "login_required", "Please log in.")
-    if principal.must_change_password and path not in PASSWORD_CHANGE_PATHS:
+    if password_change_required(principal, path):
         fail(403, "password_change_required", "Please change your password first.")
     request["principal"] = principal
     return await handler(request)
