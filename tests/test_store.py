@@ -17,6 +17,7 @@ from signalling.store import open_store
 from signalling.store.interfaces import (
     CONSENTED,
     CREATED,
+    ENDED,
     LIVE,
     OPENED,
     SMS_SENT,
@@ -297,6 +298,21 @@ async def test_data_keys(store: Store) -> None:
     assert [k.consultation_id for k in await store.list_data_keys()] == ["c2"]
 
 
+async def test_data_key_deadline_follows_its_consultation(store: Store) -> None:
+    await store.create_consultation(consultation("c1", deadline=T0 + HOUR))
+    await store.put_data_key(DataKey("c1", "kek1", "d3JhcA==", T0 + 99 * HOUR))
+    got = await store.get_data_key("c1")
+    assert got is not None and got.deadline == T0 + HOUR  # the consultation's
+    await store.update_consultation("c1", {"state": ENDED, "deadline": T0 + 30 * HOUR})
+    got = await store.get_data_key("c1")
+    assert got is not None and got.deadline == T0 + 30 * HOUR and got.wrapped == "d3JhcA=="
+    await store.update_consultation("c1", {"sms_status": "sent"})
+    assert (await store.get_data_key("c1")).deadline == T0 + 30 * HOUR  # type: ignore[union-attr]
+    # without a consultation the key keeps its own deadline
+    await store.put_data_key(DataKey("c9", "kek1", "d3JhcA==", T0 + 5))
+    assert (await store.get_data_key("c9")).deadline == T0 + 5  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------------- staff
 def account(name: str = "tanaka", **kw: Any) -> StaffAccount:
     return StaffAccount(username=name, ward=kw.pop("ward", "kita"),
@@ -444,8 +460,12 @@ async def test_redis_ttls_on_personal_keys(redis_server: str, redis_prefix: str,
         # a deadline already past still leaves the margin to the retention daemon
         await s.update_consultation("c1", {"deadline": T0 - HOUR})
         assert 0 < await r.ttl(p + "c:c1") <= 300
+        await s.put_data_key(DataKey("c2", "kek", "d3JhcA==", T0 + 10 * HOUR))
+        assert abs(await r.ttl(p + "k:c2") - (9 * HOUR + 300)) <= 2
         await s.put_data_key(DataKey("c1", "kek", "d3JhcA==", T0 + 10 * HOUR))
-        assert abs(await r.ttl(p + "k:c1") - (9 * HOUR + 300)) <= 2
+        assert 0 < await r.ttl(p + "k:c1") <= 300  # its consultation's deadline (past)
+        await s.update_consultation("c1", {"deadline": T0 + 3 * HOUR})
+        assert abs(await r.ttl(p + "k:c1") - (2 * HOUR + 300)) <= 2
         await s.put_session(session("s1"))
         assert abs(await r.ttl(p + "s:s1") - (11 * HOUR + 300)) <= 2
         await s.update_session("s1", {"expires_at": T0 + 2 * HOUR})

@@ -107,6 +107,11 @@ local deadline = redis.call('HGET', c, 'deadline')
 redis.call('ZADD', prefix .. 'deadlines', deadline, id)
 local ttl = math.max(math.ceil(tonumber(deadline) - now), 0) + margin
 redis.call('EXPIRE', c, ttl)
+local k = prefix .. 'k:' .. id
+if redis.call('EXISTS', k) == 1 then
+  redis.call('HSET', k, 'deadline', deadline)
+  redis.call('EXPIRE', k, ttl)
+end
 local link = redis.call('HGET', c, 'link_hash')
 if link and link ~= '' then
   redis.call('SET', prefix .. 'link:' .. link, id, 'EX', ttl)
@@ -126,6 +131,17 @@ end
 n = n + redis.call('ZREM', prefix .. 'deadlines', id)
 redis.call('ZREM', prefix .. 'created', id)
 return n
+"""
+
+# KEYS: k:<id>, c:<id>, keys set; ARGV: id, key_id, wrapped, deadline, now, margin
+_PUT_KEY = """
+local deadline = redis.call('HGET', KEYS[2], 'deadline') or ARGV[4]
+local ttl = math.max(math.ceil(tonumber(deadline) - tonumber(ARGV[5])), 0) + tonumber(ARGV[6])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'key_id', ARGV[2], 'wrapped', ARGV[3], 'deadline', deadline)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('SADD', KEYS[3], ARGV[1])
+return 0
 """
 
 _UNLOCK = """
@@ -182,6 +198,7 @@ class RedisStore:
         self._create = self._r.register_script(_CREATE)
         self._update = self._r.register_script(_UPDATE)
         self._delete = self._r.register_script(_DELETE)
+        self._put_key = self._r.register_script(_PUT_KEY)
         self._unlock = self._r.register_script(_UNLOCK)
         self._refresh = self._r.register_script(_REFRESH)
 
@@ -292,15 +309,11 @@ class RedisStore:
 
     # ------------------------------------------------------------------ data keys
     async def put_data_key(self, key: DataKey) -> None:
-        k = self._k("k", key.consultation_id)
+        cid = key.consultation_id
         async with self._errors():
-            pipe = self._r.pipeline(transaction=True)
-            pipe.delete(k)
-            pipe.hset(k, mapping={"key_id": key.key_id, "wrapped": key.wrapped,
-                                  "deadline": repr(float(key.deadline))})
-            pipe.expire(k, self._ttl(key.deadline))
-            pipe.sadd(self._k("keys"), key.consultation_id)
-            await pipe.execute()
+            await self._put_key(keys=[self._k("k", cid), self._k("c", cid), self._k("keys")],
+                                args=[cid, key.key_id, key.wrapped, repr(float(key.deadline)),
+                                      self.clock.now(), self.ttl_margin])
 
     @staticmethod
     def _data_key(cid: str, raw: dict[str, str]) -> DataKey:

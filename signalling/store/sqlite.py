@@ -197,6 +197,9 @@ class SqliteStore:
                 db.execute("UPDATE consultations SET ward = ?, state = ?, link_hash = ?, "
                            "created_at = ?, deadline = ?, data = ? WHERE id = ?",
                            (*self._row_values(updated), cid))
+                if updated.deadline != current.deadline:  # the data key follows
+                    db.execute("UPDATE data_keys SET deadline = ? WHERE consultation_id = ?",
+                               (updated.deadline, cid))
                 return updated
         except sqlite3.IntegrityError:
             raise StoreError("another consultation already uses this link") from None
@@ -216,8 +219,10 @@ class SqliteStore:
     # ------------------------------------------------------------------ data keys
     async def put_data_key(self, key: DataKey) -> None:
         self._write("INSERT OR REPLACE INTO data_keys (consultation_id, key_id, wrapped, deadline)"
-                    " VALUES (?, ?, ?, ?)",
-                    (key.consultation_id, key.key_id, key.wrapped, key.deadline))
+                    " VALUES (?, ?, ?, COALESCE("
+                    "(SELECT deadline FROM consultations WHERE id = ?), ?))",
+                    (key.consultation_id, key.key_id, key.wrapped, key.consultation_id,
+                     key.deadline))
 
     async def get_data_key(self, cid: str) -> DataKey | None:
         row = self._one("SELECT * FROM data_keys WHERE consultation_id = ?", (cid,))
