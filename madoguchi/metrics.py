@@ -78,10 +78,16 @@ LINK_REFUSALS = Counter("madoguchi_link_refusals_total", "Citizen links refused 
                         ["reason"])
 
 # staff security
-LOGIN_RESULTS = ("success", "failure", "locked", "disabled")
+LOGIN_RESULTS = ("success", "failure", "locked", "disabled", "rate_limited")
 LOGINS = Counter("madoguchi_logins_total", "Staff login attempts by result", ["result"])
 ACCOUNT_LOCKOUTS = Counter("madoguchi_account_lockouts_total",
                            "Staff accounts locked after repeated failures")
+STAFF_CRL_RELOADS = Counter("madoguchi_staff_crl_reloads_total",
+                            "Staff CRL reloads by result (loaded, refused)", ["result"])
+STAFF_CRL_REVOKED = Gauge("madoguchi_staff_crl_revoked", "Certificates on the staff CRL in force")
+STAFF_CRL_NEXT_UPDATE = Gauge("madoguchi_staff_crl_next_update_timestamp_seconds",
+                              "nextUpdate of the staff CRL in force (an expired CRL refuses "
+                              "every staff certificate)")
 
 # Pre-initialise bounded label values so dashboards and rate() see a 0 before the first event.
 for _kind in ("audio", "video"):
@@ -95,3 +101,5 @@ for _reason in LINK_REFUSAL_REASONS:
     LINK_REFUSALS.labels(reason=_reason)
 for _result in LOGIN_RESULTS:
     LOGINS.labels(result=_result)
+for _result in ("loaded", "refused"):
+    STAFF_CRL_RELOADS.labels(result=_result)

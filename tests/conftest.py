@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.ports",
+    "tests.fixtures.certs",
     "tests.fixtures.redis",
     "tests.fixtures.kannel",
     "tests.fixtures.privacy",

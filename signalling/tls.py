@@ -1,0 +1,252 @@
+"""TLS contexts of the two listeners, the staff CRL reloader and the peer certificate.
+
+Citizen site: server TLS only (TLS >= 1.2). Staff site: mutual TLS, ``CERT_REQUIRED``
+against the staff CA *only* (no system roots), the CRL checked at the handshake
+(``VERIFY_CRL_CHECK_LEAF``), no session resumption (a resumed session would skip the
+certificate check, so a revoked certificate could ride on an old session).
+
+Live revocation: the context given to aiohttp never changes, but its SNI callback (called
+for every ClientHello, with or without SNI) switches each new connection to the newest
+*verification* context, rebuilt by :class:`CrlReloader` whenever the CRL file changes.
+OpenSSL verifies the client certificate against the store of the context the connection
+holds at that point, so newly revoked certificates fail from the next handshake on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import logging
+import os
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from madoguchi import metrics
+from madoguchi.certs import CertError, load_crl_serials, serial_hex
+from madoguchi.config import Config, ConfigError, TlsConfig
+from madoguchi.logs import event
+
+log = logging.getLogger(__name__)
+
+CRL_WARN_DAYS = 14
+
+
+class TlsSetupError(ConfigError):
+    """The TLS configuration is missing or unusable (message says which key)."""
+
+
+def _tls(cfg: Config | TlsConfig) -> TlsConfig:
+    return cfg.tls if isinstance(cfg, Config) else cfg
+
+
+def _need(path: str, key: str) -> str:
+    if not path:
+        raise TlsSetupError(f"[tls] {key} is not set (for development: `madoguchi certs dev DIR`)")
+    if not Path(path).is_file():
+        raise TlsSetupError(f"[tls] {key}: file not found: {path}")
+    return path
+
+
+def _server_context(tls: TlsConfig) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    # TLS 1.2: forward-secret AEAD suites only (TLS 1.3 suites are all fine).
+    ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    try:
+        ctx.load_cert_chain(_need(tls.server_cert, "server_cert"),
+                            _need(tls.server_key, "server_key"))
+    except ssl.SSLError as exc:
+        raise TlsSetupError(f"[tls] server_cert/server_key cannot be used: {exc.reason}") from exc
+    return ctx
+
+
+def citizen_ssl_context(cfg: Config | TlsConfig) -> ssl.SSLContext:
+    """Server TLS for the citizen site (no client certificates)."""
+    return _server_context(_tls(cfg))
+
+
+def _read_crl(tls: TlsConfig) -> tuple[bytes, set[str], x509.CertificateRevocationList]:
+    """The CRL file's bytes and revoked serials, after checking the staff CA signed it."""
+    path = _need(tls.staff_crl, "staff_crl")
+    data = Path(path).read_bytes()
+    ca = x509.load_pem_x509_certificate(Path(_need(tls.staff_ca, "staff_ca")).read_bytes())
+    try:
+        serials = load_crl_serials(data, ca)
+        crl = x509.load_pem_x509_crl(data)
+    except (ValueError, CertError) as exc:
+        raise TlsSetupError(f"[tls] staff_crl {path}: not a CRL of the staff CA") from exc
+    return data, serials, crl
+
+
+def _verify_context(tls: TlsConfig, crl_pem: bytes) -> ssl.SSLContext:
+    """A complete staff context: server certificate, staff CA, the given CRL."""
+    ctx = _server_context(tls)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cafile=_need(tls.staff_ca, "staff_ca"))
+    except ssl.SSLError as exc:
+        raise TlsSetupError(f"[tls] staff_ca cannot be used: {exc.reason}") from exc
+    # CRLs load only from files (cadata takes certificates only): load the exact bytes
+    # that were checked through a private temporary file.
+    with tempfile.NamedTemporaryFile(prefix="md-crl-", suffix=".pem") as tmp:
+        tmp.write(crl_pem)
+        tmp.flush()
+        ctx.load_verify_locations(cafile=tmp.name)
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    # No resumption: every connection presents and verifies its certificate.
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
+    return ctx
+
+
+def staff_ssl_context(cfg: Config | TlsConfig) -> ssl.SSLContext:
+    """Mutual TLS for the staff site: staff CA only, CRL checked at the handshake.
+
+    Give this context to aiohttp and attach a :class:`CrlReloader` to it so revocations
+    apply without a restart.
+    """
+    tls = _tls(cfg)
+    crl_pem, _serials, crl = _read_crl(tls)
+    _warn_if_stale(crl)
+    return _verify_context(tls, crl_pem)
+
+
+def _warn_if_stale(crl: x509.CertificateRevocationList) -> None:
+    nxt = crl.next_update_utc
+    if nxt is None:
+        return
+    left = nxt - dt.datetime.now(dt.UTC)
+    metrics.STAFF_CRL_NEXT_UPDATE.set(nxt.timestamp())
+    if left < dt.timedelta(days=CRL_WARN_DAYS):
+        event(log, "staff_crl_expiring", logging.WARNING, days_left=round(left.days, 1),
+              hint="re-sign it with `madoguchi certs crl`; an expired CRL refuses every "
+                   "staff certificate")
+
+
+class CrlReloader:
+    """Keeps a staff context's revocation list current without a restart.
+
+    ``CrlReloader(cfg, context)`` installs an SNI callback on ``context`` (the one given to
+    aiohttp); ``await start()`` polls ``[tls] staff_crl`` every ``crl_reload_seconds``;
+    ``reload()`` checks at once (tests, SIGHUP). A damaged or foreign CRL is refused and
+    the previous one stays in force (fail closed, logged, counted).
+    """
+
+    def __init__(self, cfg: Config | TlsConfig, context: ssl.SSLContext,
+                 interval: float | None = None) -> None:
+        self.tls = _tls(cfg)
+        self.context = context
+        self.interval = float(interval if interval is not None else self.tls.crl_reload_seconds)
+        crl_pem, serials, _crl = _read_crl(self.tls)
+        self._digest = hashlib.sha256(crl_pem).digest()
+        self._stat = self._file_stat()
+        self._current = context
+        self._revoked: frozenset[str] = frozenset(serials)
+        self._task: asyncio.Task[None] | None = None
+        self.generation = 0
+        metrics.STAFF_CRL_REVOKED.set(len(serials))
+        context.sni_callback = self._on_client_hello
+
+    def _on_client_hello(self, sslobj: Any, server_name: str | None,
+                         ctx: ssl.SSLContext) -> int | None:
+        current = self._current
+        if current is not ctx:
+            sslobj.context = current
+        return None
+
+    def _file_stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.tls.staff_crl)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def is_revoked(self, serial: str) -> bool:
+        """True when ``serial`` (hex) is on the CRL in force (defence in depth for the
+        application layer)."""
+        return serial in self._revoked
+
+    def reload(self, force: bool = False) -> bool:
+        """Load the CRL file if it changed; True when a new list came into force."""
+        stat = self._file_stat()
+        if not force and stat == self._stat:
+            return False
+        self._stat = stat
+        try:
+            crl_pem, serials, crl = _read_crl(self.tls)
+        except (OSError, TlsSetupError) as exc:
+            metrics.STAFF_CRL_RELOADS.labels(result="refused").inc()
+            event(log, "staff_crl_refused", logging.ERROR, reason=type(exc).__name__,
+                  detail=str(exc))
+            return False
+        digest = hashlib.sha256(crl_pem).digest()
+        if digest == self._digest and not force:
+            return False
+        try:
+            fresh = _verify_context(self.tls, crl_pem)
+        except (OSError, ssl.SSLError, TlsSetupError) as exc:
+            metrics.STAFF_CRL_RELOADS.labels(result="refused").inc()
+            event(log, "staff_crl_refused", logging.ERROR, reason=type(exc).__name__)
+            return False
+        self._current = fresh
+        self._revoked = frozenset(serials)
+        self._digest = digest
+        self.generation += 1
+        metrics.STAFF_CRL_RELOADS.labels(result="loaded").inc()
+        metrics.STAFF_CRL_REVOKED.set(len(serials))
+        _warn_if_stale(crl)
+        event(log, "staff_crl_loaded", revoked=len(serials), generation=self.generation)
+        return True
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Poll until cancelled or until ``stop`` is set."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
+            if stop.is_set():
+                return
+            try:
+                self.reload()
+            except Exception as exc:  # noqa: BLE001 - keep polling whatever happens
+                event(log, "staff_crl_reload_error", logging.ERROR, reason=type(exc).__name__)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="staff-crl-reloader")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@functools.lru_cache(maxsize=256)
+def _describe(der: bytes) -> tuple[str, str]:
+    cert = x509.load_der_x509_certificate(der)
+    return hashlib.sha256(der).hexdigest(), serial_hex(cert.serial_number)
+
+
+def peer_certificate(request: Any) -> tuple[str, str] | None:
+    """(sha256 fingerprint hex, serial hex) of the client certificate of this request's
+    connection, or None (no TLS, no certificate, connection gone)."""
+    transport = getattr(request, "transport", None)
+    if transport is None:
+        return None
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return _describe(der)
