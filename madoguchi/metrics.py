@@ -63,6 +63,11 @@ RETENTION_DELETIONS = Counter("madoguchi_retention_deletions_total",
                               "Personal data items deleted by retention", ["kind"])
 RETENTION_LAST_SUCCESS = Gauge("madoguchi_retention_last_success_timestamp_seconds",
                                "Epoch seconds of the last complete retention run")
+RETENTION_RUN_DURATION = Histogram("madoguchi_retention_run_duration_seconds",
+                                   "Duration of one retention run (lock, deletions, sweep)",
+                                   buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
+RETENTION_DELETION_KINDS = ("consultation", "data_key", "recording_file", "expired_data_key",
+                            "orphan_data_key", "orphan_recording", "stale_recording")
 
 # sms
 SMS_SENT = Counter("madoguchi_sms_sent_total", "SMS accepted by the gateway")
@@ -101,5 +106,7 @@ for _reason in LINK_REFUSAL_REASONS:
     LINK_REFUSALS.labels(reason=_reason)
 for _result in LOGIN_RESULTS:
     LOGINS.labels(result=_result)
+for _kind in RETENTION_DELETION_KINDS:
+    RETENTION_DELETIONS.labels(kind=_kind)
 for _result in ("loaded", "refused"):
     STAFF_CRL_RELOADS.labels(result=_result)
