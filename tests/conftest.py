@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.privacy",
     "tests.fixtures.prometheus",
     "tests.fixtures.server",
+    "tests.fixtures.browser",
 ]
