@@ -79,3 +79,8 @@ def unwrap(kek: KeyEncryptionKey, consultation_id: str, wrapped: str) -> bytes:
         return AESGCM(kek.key).decrypt(raw[:12], raw[12:], _WRAP_AAD + consultation_id.encode())
     except InvalidTag as exc:
         raise KeyError_("data key does not unwrap with this key-encryption key") from exc
+
+
+def data_key_id(data_key: bytes) -> str:
+    """A short public name of a data key, written in segment headers (reveals nothing)."""
+    return hashlib.sha256(b"data-key-id|" + data_key).hexdigest()[:16]

@@ -1,0 +1,527 @@
+"""The recorder: one more sink of a room's forwarded packets, writing encrypted segments.
+
+    SFU (event loop) --on_packet--> bounded queue --worker thread--> depacketise, timeline,
+    mux in memory (PyAV, no decoding) --> seal (AES-256-GCM) --> atomic write + manifest
+
+``on_packet`` never blocks: it appends to a bounded queue and returns. When the queue is
+full the recorder drops everything until the next video keyframe (and counts the drops).
+Each segment starts on a video keyframe; a keyframe is requested shortly before a cut.
+Any failure (disk full, unwritable folder, ...) stops the recording with one log line, a
+metric and ``on_status("failed")``; it never raises into the SFU, and the call goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import heapq
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+
+from madoguchi import metrics
+from madoguchi.config import RecordingConfig
+from madoguchi.logs import event
+from recorder.atomic import ensure_dir, remove_temp_files, write_atomic
+from recorder.bitstream import h264_size, opus_duration_samples, vp8_size
+from recorder.container import ContainerError, inspect_container
+from recorder.depacketizer import AudioReorder, EncodedFrame, VideoAssembler
+from recorder.layout import consultation_dir, segment_files, segment_name
+from recorder.manifest import (
+    STATE_CLOSED,
+    STATE_FAILED,
+    STATE_RECORDING,
+    Manifest,
+    SegmentEntry,
+    read_manifest,
+    write_manifest,
+)
+from recorder.muxer import CITIZEN_AUDIO, STAFF_AUDIO, TRACKS, VIDEO, SegmentMuxer, container_for
+from recorder.segment import SegmentError, open_segment, seal
+from recorder.timeline import Timeline
+from sfu.interfaces import ForwardedPacket
+
+log = logging.getLogger(__name__)
+
+IDLE, RECORDING, STOPPED, FAILED = "idle", "recording", "stopped", "failed"
+POLL_SECONDS = 0.02  # the worker drains the queue in batches at this pace
+HOLD_MS = 300  # frames wait this long (media time) so all tracks interleave before a cut
+KEYFRAME_RETRY_MS = 1000
+TRACK_INDEX = {name: i for i, name in enumerate(TRACKS)}
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def failure_reason(exc: BaseException) -> tuple[str, str]:
+    """(bounded metric reason, short detail without paths or content)."""
+    if isinstance(exc, _Failure):
+        return exc.reason, str(exc)
+    if isinstance(exc, av.FFmpegError):
+        return "mux", type(exc).__name__
+    if isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return "disk_full", name
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOENT,
+                         errno.EISDIR, errno.EEXIST):
+            return "unwritable", name
+        return "io_error", name
+    if isinstance(exc, SegmentError | ContainerError):
+        return "bad_existing_recording", str(exc)
+    return "internal", type(exc).__name__
+
+
+@dataclass
+class RecorderStats:
+    packets: int = 0  # handed to on_packet
+    dropped: int = 0  # dropped because the queue was full
+    frames: int = 0  # muxed (all tracks)
+    video_frames: int = 0
+    segments: int = 0
+    bytes: int = 0  # sealed bytes written
+    keyframe_requests: int = 0
+    lost_frames: int = 0  # video gaps that forced a wait for the next keyframe
+    skipped_frames: int = 0  # before the first keyframe
+    forced_monotonic: int = 0
+    resumed_segments: int = 0
+
+
+@dataclass
+class _OpenSegment:
+    index: int
+    muxer: SegmentMuxer
+    start: int  # ms, the keyframe that opened it
+    size: tuple[int, int]
+    codec: str
+    first_pts: int | None = None
+    last_pts: int = 0
+    end_pts: int = 0
+    video_frames: int = 0
+    audio_packets: int = 0
+    requested_at: int | None = None
+    last_video: int | None = None
+    video_interval: int = 33
+    first_by_stream: dict[int, int] = field(default_factory=dict)
+
+
+class Recorder:
+    """Records one consultation. Implements ``sfu.interfaces.PacketSink``."""
+
+    def __init__(self, consultation_id: str, data_key: bytes, key_id: str,
+                 cfg: RecordingConfig, recording_dir: Path,
+                 request_keyframe: Callable[[], None] | None = None,
+                 on_status: Callable[[str], None] | None = None) -> None:
+        self.consultation_id = consultation_id
+        self.folder = consultation_dir(Path(recording_dir), consultation_id)
+        self._key = data_key
+        self._key_id = key_id
+        self._request_keyframe = request_keyframe
+        self._on_status = on_status
+        self._max_queue = max(16, cfg.queue_packets)
+        self._resume_level = self._max_queue // 2
+        self._segment_ms = max(200, round(cfg.segment_seconds * 1000))
+        # Cut at the first keyframe this far into a segment; ask for one at that point.
+        self._cut_ms = self._segment_ms - min(500, self._segment_ms // 4)
+        self._status = IDLE
+        self._accepting = False
+        self._queue: deque[tuple[int, ForwardedPacket]] = deque()
+        self._epoch = 0
+        self._dropping = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self.stats = RecorderStats()
+        # worker-thread state
+        self._seen_epoch = 0
+        self._video: VideoAssembler | None = None
+        self._audio = {CITIZEN_AUDIO: AudioReorder(), STAFF_AUDIO: AudioReorder()}
+        self._warned: set[str] = set()
+        self._rates = [90000, 48000, 48000]
+        self._timeline = Timeline()
+        self._heap: list[tuple[int, int, int, EncodedFrame]] = []
+        self._order = 0
+        self._newest = -1
+        self._last_pts = [-1, -1, -1]
+        self._seg: _OpenSegment | None = None
+        self._manifest = Manifest(consultation_id, key_id)
+        self._next_index = 1
+        self._prev_hash = b""
+        self._waiting_request_at: int | None = None
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def status(self) -> str:
+        """idle (not started), recording, stopped or failed."""
+        return self._status
+
+    def start(self) -> None:
+        """Prepare the folder (resuming an earlier recording of the same consultation) and
+        start the worker thread. Never raises: a failure sets status "failed"."""
+        if self._status != IDLE:
+            return
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+        try:
+            self._prepare()
+        except Exception as exc:  # noqa: BLE001 - reported as a recording failure
+            self._fail(exc)
+            return
+        self._status = RECORDING
+        self._accepting = True
+        metrics.RECORDING_ACTIVE.inc()
+        event(log, "recording_started", consultation=self.consultation_id,
+              resumed_segments=self.stats.resumed_segments)
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+        self._notify(RECORDING)
+
+    def on_packet(self, packet: ForwardedPacket) -> None:
+        """Queue a forwarded packet (never blocks, never raises)."""
+        if not self._accepting:
+            return
+        self.stats.packets += 1
+        queue = self._queue
+        if self._dropping:
+            if not (packet.keyframe and packet.track == "citizen-video") \
+                    or len(queue) > self._resume_level:
+                self._drop()
+                return
+            self._dropping = False
+            self._epoch += 1
+        elif len(queue) >= self._max_queue:
+            self._dropping = True
+            event(log, "recording_behind", logging.WARNING, consultation=self.consultation_id,
+                  queued=len(queue))
+            self._drop()
+            self._keyframe_request()
+            return
+        queue.append((self._epoch, packet))
+
+    def on_close(self) -> None:
+        """The room closed: stop accepting packets and finish in the background."""
+        self._accepting = False
+        self._stop.set()
+        self._wake.set()
+        if self._status == IDLE:
+            self._status = STOPPED
+
+    async def close(self) -> None:
+        """Flush the last segment and the manifest; returns when everything is on disk."""
+        self.on_close()
+        thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
+
+    def close_blocking(self, timeout: float | None = None) -> None:
+        """``close`` for callers without an event loop (tools, benchmarks)."""
+        self.on_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ hot-path helpers
+    def _drop(self) -> None:
+        self.stats.dropped += 1
+        metrics.RECORDING_DROPPED_PACKETS.inc()
+
+    def _keyframe_request(self) -> None:
+        self.stats.keyframe_requests += 1
+        if self._request_keyframe is None:
+            return
+        if not self._call_on_loop(self._call_request_keyframe):
+            self._call_request_keyframe()
+
+    def _call_on_loop(self, fn: Callable[[], None]) -> bool:
+        """From the worker thread, run ``fn`` on the SFU's event loop; False: call it here."""
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            return False
+        with contextlib.suppress(RuntimeError):  # loop closed: the call is over anyway
+            loop.call_soon_threadsafe(fn)
+        return True
+
+    def _call_request_keyframe(self) -> None:
+        try:
+            assert self._request_keyframe is not None
+            self._request_keyframe()
+        except Exception:  # noqa: BLE001 - a keyframe request must never break anything
+            log.debug("keyframe_request_failed", exc_info=True)
+
+    def _notify(self, status: str) -> None:
+        callback = self._on_status
+        if callback is None:
+            return
+
+        def call() -> None:
+            try:
+                callback(status)
+            except Exception:  # noqa: BLE001
+                log.warning("recording_status_callback_failed", exc_info=True)
+
+        if not self._call_on_loop(call):
+            call()
+
+    # ------------------------------------------------------------------ start / resume
+    def _prepare(self) -> None:
+        ensure_dir(self.folder)
+        remove_temp_files(self.folder)
+        manifest = read_manifest(self.folder, self._key, key_id=self._key_id,
+                                 consultation_id=self.consultation_id)
+        if manifest is None:
+            manifest = Manifest(self.consultation_id, self._key_id)
+        if [s.index for s in manifest.segments] != list(range(1, len(manifest.segments) + 1)):
+            raise _Failure("bad_existing_recording", "manifest segments are not numbered 1..n")
+        files = segment_files(self.folder)
+        index = len(manifest.segments) + 1
+        adopted = False
+        while index in files:  # written just before a crash, not yet in the manifest
+            blob = files.pop(index).read_bytes()
+            _, plaintext = open_segment(self._key, blob, key_id=self._key_id,
+                                        consultation_id=self.consultation_id, index=index,
+                                        prev_sha256=manifest.last_sha256())
+            info = inspect_container(plaintext)
+            del plaintext
+            manifest.segments.append(SegmentEntry(
+                index=index, file=segment_name(index), size=len(blob),
+                sha256=hashlib.sha256(blob).hexdigest(), duration=info.duration,
+                first_pts=info.first_pts or 0, last_pts=info.last_pts or 0,
+                video_frames=info.video_frames, audio_packets=info.audio_packets))
+            index += 1
+            adopted = True
+        if any(i >= index for i in files):
+            raise _Failure("bad_existing_recording",
+                           f"segment files beyond segment {index - 1} do not continue the chain")
+        self.stats.resumed_segments = len(manifest.segments)
+        manifest.state = STATE_RECORDING
+        if adopted or manifest.segments:
+            write_manifest(self.folder, self._key, manifest)
+        self._manifest = manifest
+        self._next_index = index
+        self._prev_hash = manifest.last_sha256()
+        offset = max((s.first_pts + round(s.duration * 1000) for s in manifest.segments),
+                     default=0)
+        offset = max([offset] + [s.last_pts + 1 for s in manifest.segments])
+        self._timeline = Timeline(offset_ms=offset)
+        self._last_pts = [offset - 1] * 3
+
+    # ------------------------------------------------------------------ worker thread
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(POLL_SECONDS)
+                self._wake.clear()
+                stopping = self._stop.is_set()
+                self._drain()
+                if stopping:
+                    self._finish()
+                    return
+        except Exception as exc:  # noqa: BLE001 - reported, never raised into the SFU
+            self._fail(exc)
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue and self._status == RECORDING:
+            epoch, packet = queue.popleft()
+            if epoch != self._seen_epoch:
+                self._seen_epoch = epoch
+                if self._video is not None:
+                    self._video.reset()
+                for reorder in self._audio.values():
+                    reorder.reset()
+            self._handle(packet)
+
+    def _handle(self, p: ForwardedPacket) -> None:
+        idx = TRACK_INDEX.get(p.track)
+        if idx is None:
+            self._warn_once(f"track:{p.track}", "recording_unknown_track")
+            return
+        if idx == VIDEO:
+            codec = p.codec.upper()
+            if self._video is None or self._video.codec != codec:
+                if codec not in ("VP8", "H264"):
+                    self._warn_once(f"codec:{codec}", "recording_unsupported_codec")
+                    return
+                self._video = VideoAssembler(codec, on_loss=self._on_video_loss)
+            frames = self._video.push(p)
+        else:
+            if p.codec.lower() != "opus":
+                self._warn_once(f"codec:{p.codec}", "recording_unsupported_codec")
+                return
+            frames = self._audio[idx].push(p)
+        self._rates[idx] = p.clock_rate
+        for frame in frames:
+            self._enqueue_frame(idx, frame, p.clock_rate)
+
+    def _warn_once(self, key: str, name: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            event(log, name, logging.WARNING, consultation=self.consultation_id)
+
+    def _on_video_loss(self) -> None:
+        self.stats.lost_frames += 1
+        self._keyframe_request()
+
+    def _enqueue_frame(self, idx: int, frame: EncodedFrame, rate: int) -> None:
+        pts = self._timeline.to_ms(frame.track, frame.timestamp, rate, frame.arrival,
+                                   frame.ntp_time, frame.ssrc)
+        self._order += 1
+        heapq.heappush(self._heap, (pts, self._order, idx, frame))
+        if pts > self._newest:
+            self._newest = pts
+            self._maybe_request_keyframe()
+        heap = self._heap
+        limit = self._newest - HOLD_MS
+        while heap and heap[0][0] <= limit and self._status == RECORDING:
+            pts, _, idx, frame = heapq.heappop(heap)
+            self._release(pts, idx, frame)
+
+    def _maybe_request_keyframe(self) -> None:
+        seg = self._seg
+        now = self._newest
+        if seg is None:  # waiting for the first keyframe
+            if self._waiting_request_at is None \
+                    or now - self._waiting_request_at >= KEYFRAME_RETRY_MS:
+                self._waiting_request_at = now
+                self._keyframe_request()
+            return
+        if now - seg.start >= self._cut_ms and (
+                seg.requested_at is None or now - seg.requested_at >= KEYFRAME_RETRY_MS):
+            seg.requested_at = now
+            self._keyframe_request()
+
+    def _release(self, pts: int, idx: int, frame: EncodedFrame) -> None:
+        if idx == VIDEO and frame.keyframe:
+            codec = self._video.codec if self._video is not None else "VP8"
+            size = vp8_size(frame.data) if codec == "VP8" else h264_size(frame.data)
+            seg = self._seg
+            if seg is None or pts - seg.start >= self._cut_ms or codec != seg.codec \
+                    or size != (0, 0) and size != seg.size:
+                if seg is not None:
+                    self._cut()
+                self._open(pts, size, codec)
+        seg = self._seg
+        if seg is None:
+            self.stats.skipped_frames += 1
+            return
+        last = self._last_pts[idx]
+        if pts <= last:
+            pts = last + 1
+            self.stats.forced_monotonic += 1
+        self._last_pts[idx] = pts
+        if idx == VIDEO:
+            if seg.last_video is not None:
+                seg.video_interval = max(1, pts - seg.last_video)
+            seg.last_video = pts
+            duration = 0
+            end = pts + seg.video_interval
+            seg.video_frames += 1
+            self.stats.video_frames += 1
+        else:
+            duration = opus_duration_samples(frame.data) * 1000 // 48000
+            end = pts + duration
+            seg.audio_packets += 1
+        seg.muxer.add(idx, pts, frame.data, frame.keyframe, duration)
+        self.stats.frames += 1
+        seg.first_pts = pts if seg.first_pts is None else min(seg.first_pts, pts)
+        seg.last_pts = max(seg.last_pts, pts)
+        seg.end_pts = max(seg.end_pts, end)
+
+    def _open(self, pts: int, size: tuple[int, int], codec: str) -> None:
+        if not self._manifest.container:
+            self._manifest.container = container_for(codec)
+            self._manifest.video_codec = codec
+        self._seg = _OpenSegment(index=self._next_index, muxer=SegmentMuxer(codec, *size),
+                                 start=pts, size=size, codec=codec)
+
+    def _cut(self) -> None:
+        """Finish the open segment: mux trailer, seal, write atomically, update manifest."""
+        seg = self._seg
+        if seg is None:
+            return
+        self._seg = None
+        plaintext = seg.muxer.finish()
+        started = time.perf_counter()
+        blob = seal(self._key, self._key_id, self.consultation_id, seg.index, plaintext,
+                    prev_sha256=self._prev_hash)
+        metrics.RECORDING_ENCRYPT_SECONDS.observe(time.perf_counter() - started)
+        del plaintext
+        name = segment_name(seg.index)
+        write_atomic(self.folder / name, blob)
+        digest = hashlib.sha256(blob).digest()
+        first = seg.first_pts if seg.first_pts is not None else seg.start
+        self._manifest.segments.append(SegmentEntry(
+            index=seg.index, file=name, size=len(blob), sha256=digest.hex(),
+            duration=(seg.end_pts - first) / 1000, first_pts=first, last_pts=seg.last_pts,
+            video_frames=seg.video_frames, audio_packets=seg.audio_packets))
+        self._prev_hash = digest
+        self._next_index = seg.index + 1
+        self.stats.segments += 1
+        self.stats.bytes += len(blob)
+        metrics.RECORDING_SEGMENTS.inc()
+        metrics.RECORDING_BYTES.inc(len(blob))
+        write_manifest(self.folder, self._key, self._manifest)
+
+    def _finish(self) -> None:
+        if self._status != RECORDING:
+            return
+        if self._video is not None:
+            for frame in self._video.flush():
+                self._enqueue_frame(VIDEO, frame, self._rates[VIDEO])
+        for idx, reorder in self._audio.items():
+            for frame in reorder.flush():
+                self._enqueue_frame(idx, frame, self._rates[idx])
+        while self._heap and self._status == RECORDING:
+            pts, _, idx, frame = heapq.heappop(self._heap)
+            self._release(pts, idx, frame)
+        if self._status != RECORDING:
+            return
+        self._cut()
+        self._manifest.state = STATE_CLOSED
+        write_manifest(self.folder, self._key, self._manifest)
+        if self._video is not None:
+            self.stats.lost_frames = max(self.stats.lost_frames, self._video.lost_frames)
+        self._status = STOPPED
+        metrics.RECORDING_ACTIVE.dec()
+        event(log, "recording_stopped", consultation=self.consultation_id,
+              segments=len(self._manifest.segments),
+              seconds=round(self._manifest.duration, 1), dropped=self.stats.dropped)
+        self._notify(STOPPED)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._status == FAILED:
+            return
+        was_recording = self._status == RECORDING
+        self._status = FAILED
+        self._accepting = False
+        reason, detail = failure_reason(exc)
+        self._queue.clear()
+        self._heap.clear()
+        if self._seg is not None:
+            self._seg.muxer.abort()
+            self._seg = None
+        metrics.RECORDING_ERRORS.labels(reason=reason).inc()
+        if was_recording:
+            metrics.RECORDING_ACTIVE.dec()
+        event(log, "recording_failed", logging.ERROR, consultation=self.consultation_id,
+              reason=reason, detail=detail, segments_kept=len(self._manifest.segments))
+        if reason != "bad_existing_recording" and self.folder.is_dir():
+            with contextlib.suppress(Exception):
+                self._manifest.state = STATE_FAILED
+                write_manifest(self.folder, self._key, self._manifest)
+            with contextlib.suppress(OSError):
+                remove_temp_files(self.folder)
+        self._notify(FAILED)
