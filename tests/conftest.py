@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.prometheus",
     "tests.fixtures.server",
     "tests.fixtures.browser",
+    "tests.fixtures.media",
 ]
