@@ -1,0 +1,186 @@
+"""The retention daemon: deletes every personal datum at its deadline.
+
+Each run, under the store's ``retention`` lock (so two daemons never race):
+
+1. finish deletions an interrupted run began (journal),
+2. delete every consultation whose deadline has passed, oldest first, in batches,
+3. sweep (see sweep.py), 4. compact the store, 5. publish figures and one log line.
+
+The first run happens at once when ``run_forever`` starts (catch-up after downtime).
+Inside ``madoguchi serve``::
+
+    daemon = RetentionDaemon(store, cfg, clock, audit=audit_log)
+    task = asyncio.ensure_future(daemon.run_forever(stop_event))
+    ...; stop_event.set(); await task        # returns after the current run
+
+Stand-alone: ``madoguchi retention`` (``--once`` for one run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from madoguchi import metrics
+from madoguchi.clock import Clock
+from madoguchi.config import Config
+from madoguchi.logs import event
+from retention.deleter import Deleter
+from retention.folder import RecordingFolder
+from retention.journal import Journal
+from retention.receipts import AuditWriter, Receipts
+from retention.status import (
+    DELETION_KINDS,
+    RetentionStatus,
+    load_history,
+    measure,
+    save_history,
+)
+from retention.sweep import sweep
+from signalling.store.interfaces import Lock, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "retention"
+BATCH = 200
+
+
+class LockLost(RuntimeError):
+    """The daemon's lock expired while it worked (another daemon may run now)."""
+
+
+@dataclass
+class RunReport:
+    started_at: float
+    duration_seconds: float = 0.0
+    skipped: bool = False  # another daemon held the lock
+    ok: bool = False
+    error: str = ""
+    deletions: dict[str, int] = field(default_factory=dict)
+    failures: int = 0
+    recovered: int = 0
+    status: RetentionStatus | None = None
+
+
+class RetentionDaemon:
+    def __init__(self, store: Store, cfg: Config, clock: Clock,
+                 audit: AuditWriter | None = None) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.clock = clock
+        self.folder = RecordingFolder(cfg.recording_dir)
+        self.journal = Journal(cfg.data_path("retention", "journal.jsonl"))
+        self.receipts = Receipts(audit)
+        self.interval = max(0.01, cfg.retention.interval_seconds)
+        self.lock_ttl = max(60.0, 3 * self.interval)
+        self.runs = 0  # completed runs, skipped or not (tests wait on it)
+        self.last_report: RunReport | None = None
+
+    async def run_once(self) -> RunReport:
+        """One full run; never raises for store or file trouble (the report says)."""
+        started = time.monotonic()
+        now = self.clock.now()
+        report = RunReport(started_at=now)
+        try:
+            lock = await self.store.try_lock(LOCK_NAME, self.lock_ttl)
+        except StoreError as exc:
+            return self._finish(report, started, error=str(exc))
+        if lock is None:
+            report.skipped = True
+            event(log, "retention_skipped", reason="lock_held_elsewhere")
+            return self._finish(report, started)
+        deleter = Deleter(self.store, self.folder, self.journal, self.receipts, self.clock)
+        try:
+            await self._run(deleter, lock, now, started, report)
+        except (StoreError, LockLost, OSError) as exc:
+            report.error = str(exc) if not isinstance(exc, OSError) else type(exc).__name__
+        finally:
+            self.journal.close()
+            try:
+                await lock.release()
+            except StoreError:
+                pass
+        report.deletions = {k: deleter.counts.get(k, 0) for k in DELETION_KINDS}
+        report.failures = deleter.failures
+        report.recovered = deleter.recovered
+        for kind, n in report.deletions.items():
+            if n:
+                metrics.RETENTION_DELETIONS.labels(kind=kind).inc(n)
+        return self._finish(report, started)
+
+    async def _run(self, deleter: Deleter, lock: Lock, now: float, started: float,
+                   report: RunReport) -> None:
+        async def checkpoint() -> None:
+            if not await lock.refresh(self.lock_ttl):
+                raise LockLost("retention lock lost during a run")
+
+        await deleter.finish_pending()
+        failed: set[str] = set()
+        while True:
+            due = await self.store.due_consultations(now, limit=BATCH + len(failed))
+            due = [cid for cid in due if cid not in failed]
+            if not due:
+                break
+            for cid in due:
+                if not await deleter.delete(cid, "deadline"):
+                    failed.add(cid)
+                await asyncio.sleep(0)  # let media and requests run between deletions
+            await checkpoint()
+        await sweep(deleter, now, checkpoint)
+        if not self.journal.pending():
+            self.journal.reset()
+        await self.store.compact_deleted()
+        report.status = await measure(self.store, self.folder, self.cfg, now)
+        report.ok = deleter.failures == 0
+        history = await load_history(self.store)
+        for kind, n in deleter.counts.items():
+            history.deletions[kind] = history.deletions.get(kind, 0) + n
+        if report.ok:
+            history.last_success = now
+            history.last_run_duration_seconds = round(time.monotonic() - started, 3)
+        await save_history(self.store, history)
+
+    def _finish(self, report: RunReport, started: float, error: str = "") -> RunReport:
+        report.duration_seconds = time.monotonic() - started
+        if error:
+            report.error = error
+        self.runs += 1
+        self.last_report = report
+        if report.skipped:
+            return report
+        metrics.RETENTION_RUN_DURATION.observe(report.duration_seconds)
+        status = report.status
+        if status is not None:
+            metrics.RETENTION_OLDEST_AGE.set(status.oldest_personal_datum_age_seconds)
+            metrics.RETENTION_OVERDUE.set(status.overdue)
+        if report.ok:
+            metrics.RETENTION_LAST_SUCCESS.set(report.started_at)
+        d = report.deletions
+        event(log, "retention_run", logging.INFO if report.ok else logging.WARNING,
+              ok=report.ok, error=report.error,
+              consultations=d.get("consultation", 0), data_keys=d.get("data_key", 0),
+              files=d.get("recording_file", 0),
+              orphans=d.get("orphan_recording", 0) + d.get("orphan_data_key", 0),
+              stale=d.get("stale_recording", 0), expired_keys=d.get("expired_data_key", 0),
+              recovered=report.recovered, failures=report.failures,
+              overdue=status.overdue if status else -1,
+              oldest_age_seconds=round(status.oldest_personal_datum_age_seconds)
+              if status else -1,
+              duration_ms=round(report.duration_seconds * 1000))
+        return report
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Run at once (catch-up), then every ``interval_seconds`` until ``stop`` is set."""
+        event(log, "retention_started", interval_seconds=self.interval)
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception as exc:  # a bug must not end deletion for good: retry next time
+                event(log, "retention_run_crashed", logging.ERROR, error=type(exc).__name__)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+        event(log, "retention_stopped")
