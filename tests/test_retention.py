@@ -488,7 +488,7 @@ async def test_one_log_line_per_run_with_counts_only(
     assert "c1" not in json.dumps({k: str(v) for k, v in vars(runs[0]).items()})
     # without an audit object, receipts are structured log events
     receipts = [r for r in caplog.records if r.getMessage() == "retention_deleted"]
-    assert [getattr(r, "consultation") for r in receipts] == ["c1"]
+    assert [r.__dict__["consultation"] for r in receipts] == ["c1"]
 
 
 async def test_run_forever_catches_up_then_stops(store: Any, cfg: Config,
