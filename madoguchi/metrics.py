@@ -74,6 +74,9 @@ SMS_SENT = Counter("madoguchi_sms_sent_total", "SMS accepted by the gateway")
 SMS_DELIVERED = Counter("madoguchi_sms_delivered_total", "SMS delivery reports: delivered")
 SMS_FAILED = Counter("madoguchi_sms_failed_total", "SMS that failed (send or delivery report)",
                      ["reason"])
+# = signalling.sms.interfaces.FAILURE_REASONS (tests/test_metrics_labels.py keeps them equal)
+SMS_FAILURE_REASONS = ("gateway_unavailable", "gateway_auth", "gateway_rejected",
+                       "invalid_recipient", "delivery_failed", "smsc_rejected", "provider_error")
 
 # citizen links
 LINK_REFUSAL_REASONS = ("expired", "used", "unknown", "rate_limited", "ended", "revoked",
@@ -104,6 +107,8 @@ for _kind in ("audio", "video"):
     SUBSCRIBER_RTT.labels(kind=_kind)
 for _reason in LINK_REFUSAL_REASONS:
     LINK_REFUSALS.labels(reason=_reason)
+for _reason in SMS_FAILURE_REASONS:  # increase() in alerts misses a series' first value
+    SMS_FAILED.labels(reason=_reason)
 for _result in LOGIN_RESULTS:
     LOGINS.labels(result=_result)
 for _kind in RETENTION_DELETION_KINDS:

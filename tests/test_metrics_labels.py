@@ -101,3 +101,15 @@ def test_no_label_value_looks_personal() -> None:
     text = generate_latest(REGISTRY).decode()
     record_metrics_text(text, "registry")
     assert scan_text(text, "registry") == []
+
+
+def test_pre_initialised_reasons_match_their_sources() -> None:
+    """Pre-initialised label values (so alerts' increase() sees the first failure) follow
+    the modules that emit them."""
+    from madoguchi import metrics
+    from signalling.sms.interfaces import FAILURE_REASONS
+
+    assert set(metrics.SMS_FAILURE_REASONS) == set(FAILURE_REASONS)
+    text = generate_latest(REGISTRY).decode()
+    for reason in FAILURE_REASONS:
+        assert f'madoguchi_sms_failed_total{{reason="{reason}"}} ' in text
