@@ -43,6 +43,7 @@ class TlsConfig:
     staff_ca_key: str = ""
     staff_crl: str = ""
     crl_reload_seconds: int = 10
+    staff_allow_tls12: bool = False
 
 
 @dataclass

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ from signalling.passwords import (
     verify_password,
 )
 from signalling.store.interfaces import StaffAccount, StaffSession, Store
-from signalling.tls import peer_certificate
+from signalling.tls import peer_certificate, peer_revoked
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ SESSION_COOKIE = "md_session"
 # Routes a new account (must_change_password) may use before changing its password.
 PASSWORD_CHANGE_PATHS = frozenset({"/api/me", "/api/password", "/api/logout"})
 TOUCH_INTERVAL = 5.0  # seconds between last_seen writes
-_REQUEST_KEY = "md_auth_principal"
+_REQUEST_KEY: Any = (web.RequestKey("md_auth_principal", object)
+                     if hasattr(web, "RequestKey") else "md_auth_principal")
 _MISSING = object()
 
 ERROR_STATUS = {"invalid_credentials": 401, "locked": 401, "disabled": 401,
@@ -131,6 +133,29 @@ class _FailureWindow:
         self._trim(key, now).append(now)
 
 
+class _KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it. Login attempts
+    are serialised per certificate and per account, so parallel guesses cannot slip past
+    the failure counters (read-modify-write in the store)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class Authenticator:
     """Login, session checks, logout and password changes for the staff site."""
 
@@ -142,6 +167,8 @@ class Authenticator:
         self.audit = audit
         self.is_revoked = is_revoked
         self._cert_failures = _FailureWindow(auth_cfg.cert_failures_per_minute)
+        self._cert_locks = _KeyedLocks()
+        self._user_locks = _KeyedLocks()
 
     # ------------------------------------------------------------------ helpers
     def _audit(self, action: str, **fields: Any) -> None:
@@ -186,10 +213,16 @@ class Authenticator:
         ``invalid_credentials`` (unknown user and wrong password alike), ``locked``,
         ``disabled`` or ``rate_limited``.
         """
-        now = self.clock.now()
         if not cert_fingerprint:
             raise LoginError("no_certificate")
         fp = cert_fingerprint.lower()
+        user_key = username if isinstance(username, str) else ""
+        async with self._cert_locks.hold(fp), self._user_locks.hold(user_key):
+            return await self._login(username, password, fp, cert_serial)
+
+    async def _login(self, username: str, password: str, fp: str,
+                     cert_serial: str) -> tuple[StaffSession, str, StaffAccount]:
+        now = self.clock.now()
         if self.is_revoked is not None and self.is_revoked(cert_serial):
             self._audit(audit_actions.LOGIN_FAILED, cert_serial=cert_serial, result="revoked")
             raise LoginError("no_certificate", "This certificate is revoked.")
@@ -211,7 +244,8 @@ class Authenticator:
             raise LoginError("invalid_credentials")
         who = {"staff": account.username, "ward": account.ward, "cert_serial": cert_serial}
         if account.locked_until > now:
-            await self._dummy(password)
+            # No password check while locked: the answer is "locked" whatever it is, and
+            # a locked account must not cost an argon2 run per guess.
             self._cert_failures.add(fp, now)
             metrics.LOGINS.labels(result="locked").inc()
             self._audit(audit_actions.LOGIN_LOCKED, **who, result="locked")
@@ -244,6 +278,18 @@ class Authenticator:
         self._audit(audit_actions.LOGIN_OK, **who)
         event(log, "staff_login", staff=account.username, ward=account.ward)
         return session, cookie, updated
+
+    async def login_request(self, request: web.Request, username: str, password: str
+                            ) -> tuple[StaffSession, str, StaffAccount]:
+        """``login`` with the client certificate of ``request``'s connection (refused when
+        missing or revoked since the connection was opened)."""
+        cert = peer_certificate(request)
+        if cert is None:
+            raise LoginError("no_certificate")
+        if peer_revoked(request):
+            self._audit(audit_actions.LOGIN_FAILED, cert_serial=cert[1], result="revoked")
+            raise LoginError("no_certificate", "This certificate is revoked.")
+        return await self.login(username, password, cert[0], cert[1])
 
     # ------------------------------------------------------------------ sessions
     async def authenticate(self, request: web.Request) -> Principal | None:
@@ -278,8 +324,11 @@ class Authenticator:
                         cert_serial=cert[1] if cert else "", result="certificate_mismatch")
             event(log, "staff_session_cert_mismatch", logging.WARNING, staff=session.username)
             return None
-        if self.is_revoked is not None and self.is_revoked(cert[1]):
+        if peer_revoked(request) or (self.is_revoked is not None and self.is_revoked(cert[1])):
+            # A keep-alive connection (or resumed session) from before the revocation.
             await self.store.delete_session(id_hash)
+            self._audit(audit_actions.SESSION_REFUSED, staff=session.username,
+                        cert_serial=cert[1], result="certificate_revoked")
             return None
         account = await self.store.get_staff(session.username)
         if account is None or account.disabled:
@@ -312,6 +361,10 @@ class Authenticator:
         LoginError ``invalid_credentials`` (old password wrong; counts towards the
         lockout) or ``weak_password`` (message says why).
         """
+        async with self._user_locks.hold(principal.username):
+            await self._change_password(principal, old, new)
+
+    async def _change_password(self, principal: Principal, old: str, new: str) -> None:
         now = self.clock.now()
         account = await self.store.get_staff(principal.username)
         if account is None or account.disabled:

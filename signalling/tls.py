@@ -2,14 +2,19 @@
 
 Citizen site: server TLS only (TLS >= 1.2). Staff site: mutual TLS, ``CERT_REQUIRED``
 against the staff CA *only* (no system roots), the CRL checked at the handshake
-(``VERIFY_CRL_CHECK_LEAF``), no session resumption (a resumed session would skip the
-certificate check, so a revoked certificate could ride on an old session).
+(``VERIFY_CRL_CHECK_LEAF``), TLS 1.3 only and no session tickets, so no session is ever
+resumed: a resumed session skips the certificate check, and with TLS 1.2 (session-id
+cache, which Python cannot switch off) a revoked certificate was seen resuming a session
+made before the revocation. ``[tls] staff_allow_tls12`` re-enables TLS 1.2 for old
+browsers; then only the application-layer check (:func:`peer_revoked`) catches that case.
 
 Live revocation: the context given to aiohttp never changes, but its SNI callback (called
 for every ClientHello, with or without SNI) switches each new connection to the newest
 *verification* context, rebuilt by :class:`CrlReloader` whenever the CRL file changes.
 OpenSSL verifies the client certificate against the store of the context the connection
 holds at that point, so newly revoked certificates fail from the next handshake on.
+Connections opened before the revocation (keep-alive) are caught by :func:`peer_revoked`,
+which the login layer calls on every request.
 """
 
 from __future__ import annotations
@@ -86,9 +91,21 @@ def _read_crl(tls: TlsConfig) -> tuple[bytes, set[str], x509.CertificateRevocati
     return data, serials, crl
 
 
+class _Revocation:
+    """The revoked serials in force, shared by every staff context of one listener."""
+
+    def __init__(self, serials: set[str] | frozenset[str]) -> None:
+        self.serials = frozenset(serials)
+
+
+_REVOCATION_ATTR = "_madoguchi_revocation"
+
+
 def _verify_context(tls: TlsConfig, crl_pem: bytes) -> ssl.SSLContext:
     """A complete staff context: server certificate, staff CA, the given CRL."""
     ctx = _server_context(tls)
+    if not tls.staff_allow_tls12:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
     try:
         ctx.load_verify_locations(cafile=_need(tls.staff_ca, "staff_ca"))
@@ -114,9 +131,11 @@ def staff_ssl_context(cfg: Config | TlsConfig) -> ssl.SSLContext:
     apply without a restart.
     """
     tls = _tls(cfg)
-    crl_pem, _serials, crl = _read_crl(tls)
+    crl_pem, serials, crl = _read_crl(tls)
     _warn_if_stale(crl)
-    return _verify_context(tls, crl_pem)
+    ctx = _verify_context(tls, crl_pem)
+    setattr(ctx, _REVOCATION_ATTR, _Revocation(serials))
+    return ctx
 
 
 def _warn_if_stale(crl: x509.CertificateRevocationList) -> None:
@@ -149,7 +168,10 @@ class CrlReloader:
         self._digest = hashlib.sha256(crl_pem).digest()
         self._stat = self._file_stat()
         self._current = context
-        self._revoked: frozenset[str] = frozenset(serials)
+        self._revocation: _Revocation = getattr(context, _REVOCATION_ATTR, None) \
+            or _Revocation(serials)
+        self._revocation.serials = frozenset(serials)
+        setattr(context, _REVOCATION_ATTR, self._revocation)
         self._task: asyncio.Task[None] | None = None
         self.generation = 0
         metrics.STAFF_CRL_REVOKED.set(len(serials))
@@ -172,7 +194,7 @@ class CrlReloader:
     def is_revoked(self, serial: str) -> bool:
         """True when ``serial`` (hex) is on the CRL in force (defence in depth for the
         application layer)."""
-        return serial in self._revoked
+        return serial in self._revocation.serials
 
     def reload(self, force: bool = False) -> bool:
         """Load the CRL file if it changed; True when a new list came into force."""
@@ -196,8 +218,9 @@ class CrlReloader:
             metrics.STAFF_CRL_RELOADS.labels(result="refused").inc()
             event(log, "staff_crl_refused", logging.ERROR, reason=type(exc).__name__)
             return False
+        setattr(fresh, _REVOCATION_ATTR, self._revocation)
+        self._revocation.serials = frozenset(serials)
         self._current = fresh
-        self._revoked = frozenset(serials)
         self._digest = digest
         self.generation += 1
         metrics.STAFF_CRL_RELOADS.labels(result="loaded").inc()
@@ -250,3 +273,14 @@ def peer_certificate(request: Any) -> tuple[str, str] | None:
     if not der:
         return None
     return _describe(der)
+
+
+def peer_revoked(request: Any) -> bool:
+    """True when the client certificate of this request's connection is on the staff
+    CRL in force now (a connection opened before a revocation, or a resumed session)."""
+    cert = peer_certificate(request)
+    if cert is None:
+        return False
+    sslobj = request.transport.get_extra_info("ssl_object")
+    revocation = getattr(sslobj.context, _REVOCATION_ATTR, None) if sslobj else None
+    return revocation is not None and cert[1] in revocation.serials
