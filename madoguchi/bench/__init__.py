@@ -1,0 +1,1 @@
+"""Benchmarks and reusable media tooling (``python -m madoguchi.bench``)."""

@@ -1,0 +1,156 @@
+"""ICE plumbing: host candidate addresses, ICE servers, media socket tuning, arrival stamps.
+
+Host addresses. aioice gathers host candidates from ``aioice.ice.get_host_addresses()``,
+which never returns 127.0.0.1 and offers every interface. The SFU must offer exactly the
+configured addresses (loopback in tests, the server's address in production). We wrap
+that one module function, once, with a version that returns the addresses held in a
+context variable when one is set (:func:`host_addresses`), and aioice's own answer
+otherwise. The context variable only exists inside ``with host_addresses(...)`` blocks
+(and tasks created there), so other aiortc users in the process are unaffected.
+
+1:1 NAT: an entry ``"PUBLIC=PRIVATE"`` binds PRIVATE and advertises PUBLIC in the SDP
+answer (see :func:`advertised_map` and ``sfu.sdp.rewrite_answer_addresses``).
+
+ICE servers are always an explicit list (never aiortc's default public STUN server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCIceServer
+
+log = logging.getLogger(__name__)
+
+_HOST_ADDRESSES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "madoguchi_sfu_host_addresses", default=None)
+_ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    configured = _HOST_ADDRESSES.get()
+    if configured is None:
+        return _ORIGINAL_GET_HOST_ADDRESSES(use_ipv4, use_ipv6)
+    out = []
+    for addr in configured:
+        v6 = ":" in addr
+        if (v6 and use_ipv6) or (not v6 and use_ipv4):
+            out.append(addr)
+    return out
+
+
+def install() -> None:
+    """Install the context-aware ``get_host_addresses`` (idempotent)."""
+    if aioice.ice.get_host_addresses is not _get_host_addresses:
+        aioice.ice.get_host_addresses = _get_host_addresses
+
+
+def bind_addresses(entries: list[str]) -> list[str]:
+    """The local addresses to bind for configured entries ("ADDR" or "PUBLIC=PRIVATE")."""
+    return [e.split("=", 1)[1].strip() if "=" in e else e.strip() for e in entries]
+
+
+def advertised_map(entries: list[str]) -> dict[str, str]:
+    """PRIVATE -> PUBLIC for "PUBLIC=PRIVATE" entries (1:1 NAT)."""
+    out = {}
+    for e in entries:
+        if "=" in e:
+            public, private = (x.strip() for x in e.split("=", 1))
+            out[private] = public
+    return out
+
+
+@contextlib.contextmanager
+def host_addresses(addresses: list[str]) -> Iterator[None]:
+    """Within this block (and tasks started in it) aioice gathers only ``addresses``."""
+    install()
+    token = _HOST_ADDRESSES.set(list(addresses))
+    try:
+        yield
+    finally:
+        _HOST_ADDRESSES.reset(token)
+
+
+def rtc_configuration(ice_server_urls: list[str]) -> RTCConfiguration:
+    """An explicit configuration: only the configured STUN/TURN URLs (maybe none)."""
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_server_urls])
+
+
+def tune_sockets(connection: aioice.ice.Connection, rcvbuf: int) -> int:
+    """Set SO_RCVBUF on every UDP socket of an aioice connection; returns how many."""
+    count = 0
+    for protocol in getattr(connection, "_protocols", []):
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            count += 1
+        except OSError:  # pragma: no cover - platform dependent
+            log.warning("sfu_rcvbuf_failed")
+    return count
+
+
+class ArrivalStamps:
+    """Arrival time (``time.monotonic()``) of each datagram at the media socket.
+
+    aioice queues datagrams between the socket callback and the DTLS task that decrypts
+    them; on a busy loop that hop is where delay builds up. We stamp each datagram in
+    aioice's ``Connection.data_received`` (socket callback) and pop the stamp when the
+    DTLS task takes the datagram through ``RTCIceTransport._recv`` (FIFO, one stamp per
+    datagram), so :attr:`current` is the socket arrival time of the datagram being handled.
+    """
+
+    __slots__ = ("_stamps", "current", "last")
+
+    def __init__(self) -> None:
+        self._stamps: deque[float] = deque()
+        self.current = time.monotonic()
+        self.last = self.current  # newest datagram of any kind (peer liveness)
+
+    def attach(self, ice_transport: Any) -> None:
+        """Wrap one RTCIceTransport (before its DTLS transport starts reading)."""
+        connection = ice_transport._connection
+        stamps = self._stamps
+        perf = time.monotonic
+        original_received = connection.data_received
+        original_recv = ice_transport._recv
+
+        def data_received(data: bytes, component: int) -> None:
+            t = perf()
+            stamps.append(t)
+            self.last = t
+            original_received(data, component)
+
+        async def recv() -> bytes:
+            data = await original_recv()
+            self.current = stamps.popleft() if stamps else perf()
+            return data
+
+        connection.data_received = data_received
+        ice_transport._recv = recv
+
+
+def ice_connection(dtls_transport: Any) -> aioice.ice.Connection:
+    """The aioice connection under an aiortc DTLS transport."""
+    conn = dtls_transport.transport.iceGatherer._connection
+    assert isinstance(conn, aioice.ice.Connection)
+    return conn
+
+
+def datagram_transport(dtls_transport: Any) -> Any | None:
+    """The asyncio datagram transport of the nominated pair (for write-buffer checks)."""
+    conn = ice_connection(dtls_transport)
+    pair = conn._nominated.get(1)
+    if pair is None:
+        return None
+    return pair.protocol.transport

@@ -1,0 +1,220 @@
+"""One WebRTC peer connection of a room (the citizen's or one staff viewer's).
+
+Wraps an aiortc :class:`RTCPeerConnection` configured the SFU's way: explicit ICE
+servers, configured host addresses, 4 MiB receive buffers, hooked receivers and senders
+(see hooks.py), codec preferences forced, every received track drained, arrival stamps
+on the media socket. Non-trickle offer/answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcdatachannel import RTCDataChannel
+
+from madoguchi.logs import event
+from madoguchi.metrics import SFU_ERRORS
+
+from . import ice
+from .interfaces import SfuError
+from .publisher import PeerClock, PublisherStream
+from .sdp import rewrite_answer_addresses
+from .subscriber import DownTrack
+
+log = logging.getLogger(__name__)
+
+NEGOTIATION_TIMEOUT = 15.0
+CLOSE_TIMEOUT = 10.0
+DATA_CHANNEL_LABEL = "madoguchi"
+_SSRC_CNAME = re.compile(r"^a=ssrc:(\d+) cname:(\S+)", re.M)
+
+
+@dataclass
+class PeerSettings:
+    """What a peer needs from the SFU configuration."""
+
+    host_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    ice_servers: list[str] = field(default_factory=list)
+    video_codec: str = "VP8"
+    udp_rcvbuf_bytes: int = 4 * 1024 * 1024
+    max_video_bitrate: int = 1_500_000
+    peer_timeout: float = 10.0
+    connect_timeout: float = 30.0
+
+
+class Peer:
+    def __init__(self, role: str, viewer: str | None, settings: PeerSettings,
+                 consultation: str,
+                 on_state: Callable[[Peer, str], None]) -> None:
+        self.role = role
+        self.viewer = viewer
+        self.settings = settings
+        self.consultation = consultation
+        self._on_state = on_state
+        self.pc = RTCPeerConnection(ice.rtc_configuration(settings.ice_servers))
+        self.clock = PeerClock()
+        self.created = time.monotonic()
+        self.streams: list[PublisherStream] = []
+        self.downtracks: list[DownTrack] = []
+        self._transceiver_of: dict[int, RTCRtpTransceiver] = {}
+        self.stamps: list[ice.ArrivalStamps] = []
+        self.channel: RTCDataChannel | None = None
+        self.connected = False
+        self.counted = False  # in the ACTIVE_PEERS gauge
+        self.closed = False
+        self.state = "new"
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.pc.on("connectionstatechange", self._state_changed)
+        self.pc.on("track", self._drain)
+        self.pc.on("datachannel", self._datachannel)
+
+    # setup ---------------------------------------------------------------------
+    def add_transceiver(self, kind: str, direction: str, prefs: list[Any]) -> RTCRtpTransceiver:
+        t = self.pc.addTransceiver(kind, direction=direction)
+        t.setCodecPreferences(prefs)
+        return t
+
+    def add_stream(self, stream: PublisherStream, transceiver: RTCRtpTransceiver) -> None:
+        self.streams.append(stream)
+        self._transceiver_of[id(stream)] = transceiver
+
+    def add_downtrack(self, leg: DownTrack, transceiver: RTCRtpTransceiver) -> None:
+        self.downtracks.append(leg)
+        self._transceiver_of[id(leg)] = transceiver
+
+    # negotiation ---------------------------------------------------------------
+    async def negotiate(self, offer: str) -> str:
+        """setRemoteDescription + answer; raises SfuError (the peer is then closed)."""
+        try:
+            async with asyncio.timeout(NEGOTIATION_TIMEOUT):
+                with ice.host_addresses(ice.bind_addresses(self.settings.host_addresses)):
+                    await self.pc.setRemoteDescription(
+                        RTCSessionDescription(sdp=offer, type="offer"))
+                    self._attach_stamps()
+                    await self.pc.setLocalDescription(await self.pc.createAnswer())
+                answer = self.pc.localDescription.sdp
+                self._configure(answer)
+        except SfuError:
+            await self.close()
+            raise
+        except Exception as exc:
+            await self.close()
+            SFU_ERRORS.labels(reason="negotiation").inc()
+            event(log, "sfu_negotiation_failed", level=logging.WARNING,
+                  consultation=self.consultation, role=self.role,
+                  error=type(exc).__name__)
+            raise SfuError("the offer could not be negotiated") from exc
+        for transport in self._ice_transports():
+            ice.tune_sockets(transport._connection, self.settings.udp_rcvbuf_bytes)
+        return rewrite_answer_addresses(answer, ice.advertised_map(self.settings.host_addresses))
+
+    def _ice_transports(self) -> list[Any]:
+        seen: dict[int, Any] = {}
+        for t in self.pc.getTransceivers():
+            it = t.receiver.transport.transport
+            seen[id(it)] = it
+        sctp = self.pc.sctp
+        if sctp is not None:
+            it = sctp.transport.transport
+            seen[id(it)] = it
+        return list(seen.values())
+
+    def _attach_stamps(self) -> None:
+        """One arrival-stamp FIFO per (bundled) transport, before DTLS starts reading."""
+        by_transport: dict[int, ice.ArrivalStamps] = {}
+        for it in self._ice_transports():
+            stamps = ice.ArrivalStamps()
+            stamps.attach(it)
+            by_transport[id(it)] = stamps
+            self.stamps.append(stamps)
+        for stream in self.streams:
+            it = stream.receiver.transport.transport
+            stream.stamps = by_transport.get(id(it), stream.stamps)
+
+    def _configure(self, answer: str) -> None:
+        desc = aiortc_sdp.SessionDescription.parse(answer)
+        by_mid = {str(m.rtp.muxId): m for m in desc.media}
+        cnames = {int(s): c for s, c in _SSRC_CNAME.findall(answer)}
+        for stream in self.streams:
+            media = by_mid.get(str(self._transceiver_of[id(stream)].mid))
+            if media is not None:
+                stream.configure(media.rtp.codecs)
+        for leg in self.downtracks:
+            media = by_mid.get(str(self._transceiver_of[id(leg)].mid))
+            if media is not None:
+                leg.configure(media.rtp.headerExtensions, str(media.rtp.muxId),
+                              cnames.get(leg.ssrc, ""))
+
+    # events --------------------------------------------------------------------
+    def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        self.state = state
+        if state == "connected":
+            self.connected = True
+        self._on_state(self, state)
+
+    def _drain(self, track: MediaStreamTrack) -> None:
+        """Every received track is drained (hooked receivers produce nothing, but a
+        track must never build a backlog)."""
+        self._spawn(self._drain_track(track))
+
+    @staticmethod
+    async def _drain_track(track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                await track.recv()
+        except (MediaStreamError, asyncio.CancelledError):
+            pass
+
+    def _datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label == DATA_CHANNEL_LABEL and self.channel is None:
+            self.channel = channel
+        # messages from the browser are not used; nothing is queued for them
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # liveness ------------------------------------------------------------------
+    def last_activity(self) -> float:
+        return max((s.last for s in self.stamps), default=self.created)
+
+    def timed_out(self, now: float) -> bool:
+        if self.closed:
+            return False
+        if not self.connected:
+            return now - self.created > self.settings.connect_timeout
+        return now - self.last_activity() > self.settings.peer_timeout
+
+    # teardown ------------------------------------------------------------------
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for stream in self.streams:
+            stream.close()
+        for leg in self.downtracks:
+            leg.close()
+        for task in list(self._tasks):
+            task.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.pc.close()
+        except Exception as exc:
+            SFU_ERRORS.labels(reason="close").inc()
+            event(log, "sfu_peer_close_failed", level=logging.WARNING,
+                  consultation=self.consultation, role=self.role, error=type(exc).__name__)
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self.pc.remove_all_listeners()
+        self.channel = None

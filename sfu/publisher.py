@@ -1,0 +1,244 @@
+"""Publisher side: one received media stream, taken from aiortc before any decoding.
+
+A :class:`PublisherStream` owns one hooked :class:`RTCRtpReceiver`: every decrypted RTP
+packet arrives in :meth:`on_rtp` (RTX is unwrapped here), is counted for receiver
+reports, gaps are NACKed upstream at once, and the packet is handed to the room track
+that fans it out. The receiver's RTCP loop is ours: RR (+ REMB for video) about once a
+second. Keyframe requests (PLI) go upstream through a rate limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiortc import RTCRtpReceiver
+from aiortc.codecs import is_rtx
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unwrap_rtx,
+)
+
+from madoguchi.logs import event
+from madoguchi.metrics import SFU_ERRORS
+
+from . import hooks
+from .codecs import codec_name
+from .ice import ArrivalStamps
+from .keyframerequest import KeyframeRequester
+from .rewriter import SeqUnwrapper
+from .rtcpstats import ReceiveStats, unix_from_ntp64
+
+log = logging.getLogger(__name__)
+
+MAX_NACK_GAP = 128        # larger holes are not NACKed (a keyframe request follows)
+NACK_REPEAT_AFTER = 0.1   # do not NACK the same packet upstream again within this time
+
+Deliver = Callable[["PublisherStream", RtpPacket, int, bool, float], Awaitable[None]]
+
+
+class PeerClock:
+    """Maps one publisher's NTP clock (from its first RTCP SR) onto our wall clock.
+
+    All streams of a peer share it, so audio and video keep their relative timing.
+    """
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset: float | None = None
+
+    def to_local(self, ntp: int) -> float:
+        unix = unix_from_ntp64(ntp)
+        if self.offset is None:
+            self.offset = time.time() - unix
+        return unix + self.offset
+
+
+class PublisherStream:
+    """One media stream a peer sends us (citizen video/audio or a staff microphone)."""
+
+    def __init__(self, *, kind: str, receiver: RTCRtpReceiver, rtcp_ssrc: int,
+                 clock: PeerClock, deliver: Deliver, label: str, consultation: str,
+                 remb: Callable[[], int] | None = None) -> None:
+        self.kind = kind
+        self.label = label  # "citizen-video", "citizen-audio", "staff-audio"
+        self.receiver = receiver
+        self.rtcp_ssrc = rtcp_ssrc
+        self.clock = clock
+        self.consultation = consultation
+        self._deliver = deliver
+        self._remb = remb
+        self.stamps = ArrivalStamps()  # replaced by the peer with its transport's stamps
+        self.codec = ""
+        self.clock_rate = 90000 if kind == "video" else 48000
+        self.media_pt: int | None = None
+        self.rtx_pt: int | None = None
+        self.ssrc: int | None = None
+        self.epoch = 0
+        self.unwrapper = SeqUnwrapper()
+        self.stats = ReceiveStats(self.clock_rate)
+        self.sr: tuple[int, int] | None = None   # (ntp64, rtp) of the newest SR
+        self.on_sender_report: Callable[[PublisherStream], None] | None = None
+        self.keyframes = KeyframeRequester(self._send_pli)
+        self._nacked: dict[int, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.packets = 0
+        self.rtx_packets = 0
+        self.dropped = 0
+        self._errors = 0
+        self.closed = False
+        hooks.hook_receiver(receiver, self.on_rtp, self.on_rtcp, self._rtcp_loop)
+
+    # negotiation ---------------------------------------------------------------
+    def configure(self, codecs: list[Any]) -> None:
+        """Learn the negotiated payload types (after setRemoteDescription)."""
+        media = [c for c in codecs if not is_rtx(c)]
+        if not media:
+            return
+        main = media[0]
+        self.media_pt = main.payloadType
+        self.codec = codec_name(main.mimeType)
+        self.clock_rate = main.clockRate
+        self.stats = ReceiveStats(self.clock_rate)
+        for c in codecs:
+            if is_rtx(c) and c.parameters.get("apt") == main.payloadType:
+                self.rtx_pt = c.payloadType
+
+    # RTP -----------------------------------------------------------------------
+    async def on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """aiortc delivers each decrypted packet here (replaces _handle_rtp_packet)."""
+        try:
+            pt = packet.payload_type
+            if pt != self.media_pt:
+                if (pt != self.rtx_pt or self.rtx_pt is None or self.ssrc is None
+                        or self.media_pt is None):
+                    self.dropped += 1
+                    return
+                if len(packet.payload) < 2:  # RTX padding (bandwidth probing)
+                    return
+                packet = unwrap_rtx(packet, payload_type=self.media_pt, ssrc=self.ssrc)
+                self.rtx_packets += 1
+            elif packet.ssrc != self.ssrc:
+                self._new_ssrc(packet.ssrc)
+            self.packets += 1
+            ext, newest = self.unwrapper.unwrap(packet.sequence_number)
+            arrival = self.stamps.current
+            prev_max = self.stats.max_ext
+            self.stats.add(ext, packet.timestamp, arrival, newest)
+            if newest and self.kind == "video" and ext > prev_max + 1 and self.stats.received > 1:
+                self._nack_gap(prev_max + 1, ext)
+            await self._deliver(self, packet, ext, newest, arrival)
+        except Exception:
+            self._error("rtp")
+
+    def _new_ssrc(self, ssrc: int) -> None:
+        self.ssrc = ssrc
+        self.epoch += 1
+        self.unwrapper = SeqUnwrapper()
+        self.stats = ReceiveStats(self.clock_rate)
+        self.sr = None
+        self._nacked.clear()
+
+    def _nack_gap(self, first_ext: int, end_ext: int) -> None:
+        if end_ext - first_ext > MAX_NACK_GAP:
+            self.request_keyframe("loss")
+            return
+        self.nack([e & 0xFFFF for e in range(first_ext, end_ext)])
+
+    def nack(self, seqs: list[int]) -> None:
+        """Ask the publisher to retransmit these (source) sequence numbers."""
+        if self.ssrc is None or self.closed or not seqs:
+            return
+        now = time.monotonic()
+        nacked = self._nacked
+        fresh = [s for s in seqs if now - nacked.get(s, -1.0) >= NACK_REPEAT_AFTER]
+        if not fresh:
+            return
+        for s in fresh:
+            nacked[s] = now
+        if len(nacked) > 2048:
+            for s in [s for s, t in nacked.items() if now - t > 1.0]:
+                del nacked[s]
+        rtcp = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc, media_ssrc=self.ssrc)
+        rtcp.lost = sorted(fresh)
+        self._spawn_send(bytes(rtcp))
+
+    # keyframes -----------------------------------------------------------------
+    def request_keyframe(self, reason: str) -> None:
+        if self.kind == "video":
+            self.keyframes.request(reason)
+
+    def _send_pli(self) -> None:
+        if self.ssrc is None:
+            return
+        rtcp = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self.rtcp_ssrc, media_ssrc=self.ssrc)
+        self._spawn_send(bytes(rtcp))
+
+    # RTCP ----------------------------------------------------------------------
+    async def on_rtcp(self, packet: AnyRtcpPacket) -> None:
+        """SR/BYE from the publisher (replaces _handle_rtcp_packet)."""
+        try:
+            if isinstance(packet, RtcpSrPacket) and packet.ssrc == self.ssrc:
+                info = packet.sender_info
+                self.clock.to_local(info.ntp_timestamp)  # fixes the peer's clock offset
+                self.stats.sender_report(info.ntp_timestamp)
+                self.sr = (info.ntp_timestamp, info.rtp_timestamp)
+                if self.on_sender_report is not None:
+                    self.on_sender_report(self)
+        except Exception:
+            self._error("rtcp")
+
+    async def _rtcp_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5 + random.random())
+            if self.ssrc is None or self.stats.received == 0:
+                continue
+            data = bytes(RtcpRrPacket(ssrc=self.rtcp_ssrc,
+                                      reports=[self.stats.report(self.ssrc)]))
+            if self.kind == "video" and self._remb is not None:
+                bitrate = self._remb()
+                if bitrate > 0:
+                    data += bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=self.rtcp_ssrc,
+                                                 media_ssrc=0,
+                                                 fci=pack_remb_fci(bitrate, [self.ssrc])))
+            await self._send(data)
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.receiver.transport._send_rtp(data)
+        except ConnectionError:
+            pass
+
+    def _spawn_send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        task = asyncio.ensure_future(self._send(data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _error(self, where: str) -> None:
+        self._errors += 1
+        SFU_ERRORS.labels(reason=f"publisher_{where}").inc()
+        if self._errors <= 3:  # never flood the log from hostile input
+            event(log, "sfu_publisher_error", level=logging.WARNING, exc_info=True,
+                  consultation=self.consultation, track=self.label, where=where)
+
+    def close(self) -> None:
+        self.closed = True
+        self.keyframes.close()
+        for task in list(self._tasks):
+            task.cancel()
