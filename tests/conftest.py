@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.server",
     "tests.fixtures.browser",
     "tests.fixtures.media",
+    "tests.fixtures.sfu",
 ]
