@@ -122,6 +122,8 @@ def verify_recording(recording_dir: Path, consultation_id: str, data_key: bytes)
             prev_hash = None
             continue
         digest = hashlib.sha256(blob).digest()
+        # the next segment must follow the one the manifest lists here (else this file)
+        follows = bytes.fromhex(entry.sha256) if entry is not None else digest
         problems_before = len(report.problems)
         if entry is not None and entry.sha256 != digest.hex():
             report.problems.append(f"{name}: sha256 differs from the manifest ({len(blob)} "
@@ -133,9 +135,9 @@ def verify_recording(recording_dir: Path, consultation_id: str, data_key: bytes)
                                         prev_sha256=prev_hash)
         except SegmentError as exc:
             report.problems.append(f"{name}: {exc}")
-            prev_hash = digest
+            prev_hash = follows
             continue
-        prev_hash = digest
+        prev_hash = follows
         try:
             info = inspect_container(plaintext)
         except ContainerError as exc:

@@ -93,7 +93,7 @@ def decoded_frames(plaintexts: list[bytes]) -> int:
     return count
 
 
-@pytest.mark.parametrize("clip_name", ["vp8_clip", "h264_clip"])
+@pytest.mark.parametrize("clip_name", ["rec_vp8_clip", "rec_h264_clip"])
 async def test_recording_holds_the_published_media(clip_name: str, tmp_path: Path,
                                                    request: pytest.FixtureRequest) -> None:
     clip: EncodedClip = request.getfixturevalue(clip_name)
@@ -144,9 +144,9 @@ async def test_recording_holds_the_published_media(clip_name: str, tmp_path: Pat
     assert abs(report.duration - clip.duration) < 0.5
 
 
-async def test_segments_cut_near_the_configured_length(vp8_clip: EncodedClip,
+async def test_segments_cut_near_the_configured_length(rec_vp8_clip: EncodedClip,
                                                        tmp_path: Path) -> None:
-    rec, key, _ = await record(forwarded_packets(vp8_clip, repeat=2), tmp_path,
+    rec, key, _ = await record(forwarded_packets(rec_vp8_clip, repeat=2), tmp_path,
                                segment_seconds=4.0)
     manifest = read_manifest(tmp_path / CID, key, key_id=data_key_id(key), consultation_id=CID)
     assert manifest is not None and manifest.state == "closed"
@@ -158,12 +158,12 @@ async def test_segments_cut_near_the_configured_length(vp8_clip: EncodedClip,
     assert firsts == sorted(firsts) and len(set(firsts)) == len(firsts)
 
 
-async def test_full_queue_drops_to_the_next_keyframe(vp8_clip: EncodedClip,
+async def test_full_queue_drops_to_the_next_keyframe(rec_vp8_clip: EncodedClip,
                                                      tmp_path: Path) -> None:
     """A tiny queue and a burst: packets are dropped (counted), never blocked on; recording
     resumes at a keyframe and every segment still starts on one."""
     dropped_before = metrics.RECORDING_DROPPED_PACKETS._value.get()
-    packets = forwarded_packets(vp8_clip)
+    packets = forwarded_packets(rec_vp8_clip)
     rec, key, requests = await record(packets, tmp_path, queue_packets=40, chunk=60,
                                       pause=0.03)
     assert rec.status == "stopped"
@@ -176,14 +176,14 @@ async def test_full_queue_drops_to_the_next_keyframe(vp8_clip: EncodedClip,
         packets_ = [p for p in demux(pt) if p[0] == "citizen-video"]
         assert is_key("VP8", packets_[0][2])
         recorded += len(packets_)
-    assert 0 < recorded < len(vp8_clip.video)
+    assert 0 < recorded < len(rec_vp8_clip.video)
     assert decoded_frames(plaintexts) == recorded
     assert verify_recording(tmp_path, CID, key).ok
 
 
-async def test_loss_waits_for_a_keyframe_and_reordering_is_repaired(vp8_clip: EncodedClip,
+async def test_loss_waits_for_a_keyframe_and_reordering_is_repaired(rec_vp8_clip: EncodedClip,
                                                                     tmp_path: Path) -> None:
-    packets = forwarded_packets(vp8_clip)
+    packets = forwarded_packets(rec_vp8_clip)
     video = [i for i, p in enumerate(packets) if p.track == "citizen-video"]
     # lose one packet of frame 45 (mid-GOP): frames 45..59 cannot decode, 60 is a keyframe
     frames: list[list[int]] = []
@@ -203,27 +203,27 @@ async def test_loss_waits_for_a_keyframe_and_reordering_is_repaired(vp8_clip: En
     assert rec.stats.lost_frames >= 1
     recorded = [p[2] for pt in decrypt_all(tmp_path, key) for p in demux(pt)
                 if p[0] == "citizen-video"]
-    published = [v for v, _ in vp8_clip.video]
+    published = [v for v, _ in rec_vp8_clip.video]
     assert recorded == published[:45] + published[60:]
     assert verify_recording(tmp_path, CID, key).ok
 
 
-async def test_timeline_survives_a_publisher_restart(vp8_clip: EncodedClip,
+async def test_timeline_survives_a_publisher_restart(rec_vp8_clip: EncodedClip,
                                                      tmp_path: Path) -> None:
     """A reconnect brings a new SSRC and random RTP origins: still one monotonic timeline."""
-    first = forwarded_packets(vp8_clip)
+    first = forwarded_packets(rec_vp8_clip)
     second = [replace(p, extra={"ssrc": p.extra["ssrc"] + 1},
                       timestamp=(p.timestamp + 123456789) & 0xFFFFFFFF,
                       sequence=(p.sequence + 20000) & 0xFFFF,
-                      arrival=p.arrival + vp8_clip.duration + 1.0) for p in first]
+                      arrival=p.arrival + rec_vp8_clip.duration + 1.0) for p in first]
     rec, key, _ = await record(first + second, tmp_path)
     assert rec.stats.forced_monotonic == 0
     report = verify_recording(tmp_path, CID, key)
     assert report.ok, report.problems
     video = [p for pt in decrypt_all(tmp_path, key) for p in demux(pt)
              if p[0] == "citizen-video"]
-    assert len(video) == 2 * len(vp8_clip.video)
-    gap = video[len(vp8_clip.video)][1] - video[len(vp8_clip.video) - 1][1]
+    assert len(video) == 2 * len(rec_vp8_clip.video)
+    gap = video[len(rec_vp8_clip.video)][1] - video[len(rec_vp8_clip.video) - 1][1]
     assert 900 < gap < 1200  # the pause between the two publishers, on the arrival clock
 
 
