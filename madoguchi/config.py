@@ -88,6 +88,8 @@ class SfuConfig:
     video_codec: str = "VP8"
     udp_rcvbuf_bytes: int = 4 * 1024 * 1024
     use_uvloop: bool = True
+    max_video_kbps: int = 1500
+    peer_timeout_seconds: float = 10.0
 
 
 @dataclass
@@ -264,6 +266,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"[store] backend must be 'sqlite' or 'redis', not {cfg.store.backend!r}")
     if cfg.sfu.video_codec.upper() not in ("VP8", "H264"):
         raise ConfigError(f"[sfu] video_codec must be VP8 or H264, not {cfg.sfu.video_codec!r}")
+    if cfg.sfu.max_video_kbps <= 0 or cfg.sfu.peer_timeout_seconds <= 0:
+        raise ConfigError("[sfu] max_video_kbps and peer_timeout_seconds must be positive")
     if cfg.log.format not in ("json", "text"):
         raise ConfigError("[log] format must be 'json' or 'text'")
     if cfg.links.lifetime_minutes <= 0:
