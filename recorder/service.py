@@ -45,8 +45,9 @@ def check_recording_ready(cfg: Config, environ: dict[str, str] | None = None
     try:
         kek = KeyEncryptionKey.load(rc.kek_file, rc.kek_env, environ)
     except KeyError_ as exc:
-        raise RecordingSetupError(f"recording is enabled but {exc}; set [recording] kek_file "
-                                  f"or {rc.kek_env}, or disable recording") from None
+        raise RecordingSetupError(f"recording is enabled but the key-encryption key is not "
+                                  f"usable: {exc} (set [recording] kek_file or {rc.kek_env}, "
+                                  "or disable recording)") from None
     folder = cfg.recording_dir.resolve()
     if rc.kek_file:
         kek_path = Path(rc.kek_file).resolve()
