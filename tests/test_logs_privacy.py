@@ -113,3 +113,6 @@ def test_session_fails_on_a_planted_log_line(tmp_path: Path) -> None:
 
     metrics = run("metrics")
     assert metrics.returncode == 1 and "metrics#1:1  secret" in metrics.stdout
+    # session.log is appended to; an earlier session's lines are not scanned again
+    assert "***5678" not in metrics.stdout
+    assert run("").returncode == 0
