@@ -17,7 +17,7 @@ import hmac
 import logging
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,7 +45,7 @@ class NotReady(Exception):
 # --------------------------------------------------------------------------- the app
 
 def operator_app(cfg: Any, readiness: dict[str, ReadinessCheck],
-                 extra_routes: list[web.AbstractRouteDef] | None = None, *,
+                 extra_routes: Sequence[web.AbstractRouteDef] | None = None, *,
                  registry: CollectorRegistry = REGISTRY,
                  check_timeout: float = DEFAULT_CHECK_TIMEOUT,
                  before_scrape: Callable[[], Awaitable[None]] | None = None
