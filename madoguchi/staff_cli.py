@@ -74,13 +74,13 @@ class Context:
     """What a command needs: configuration, store, audit log, clock, terminal."""
 
     def __init__(self, cfg: Config, store: Any, audit: Any, clock: Clock,
-                 stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
+                 stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.audit = audit
         self.clock = clock
-        self.stdin = stdin
-        self.stdout = stdout
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
         self.actor = f"cli:{_os_user()}"
 
     def say(self, text: str) -> None:
@@ -111,7 +111,7 @@ def _main(cmd: Command, args: argparse.Namespace) -> int:
 
 
 async def run_command(cmd: Command, cfg: Config, args: argparse.Namespace,
-                      stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+                      stdin: TextIO | None = None, stdout: TextIO | None = None,
                       clock: Clock | None = None) -> int:
     """Open the store and audit log of ``cfg`` and run ``cmd`` (also used by tests)."""
     from signalling.audit import AuditLog

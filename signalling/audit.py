@@ -51,7 +51,7 @@ FORBIDDEN_KEYS = frozenset({
 # A Japanese or international phone number written any usual way, not inside a longer
 # word or hex string (certificate serials and fingerprints are hex).
 PHONE_RE = re.compile(
-    r"(?<![0-9A-Za-z])(?:\+|00)?(?:\d[\s\-().]?){9,14}\d(?![0-9A-Za-z])")
+    r"(?<![0-9A-Za-z])(?:\+|00)?(?:\d[\s\-().]{0,2}){9,14}\d(?![0-9A-Za-z])")
 # A citizen link (/c/<token>) or a bare 22-character base64url token.
 LINK_TOKEN_RE = re.compile(r"/c/[A-Za-z0-9_\-]{8,}|(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{22}"
                            r"(?![A-Za-z0-9_\-])")
@@ -68,11 +68,8 @@ def looks_personal(value: str) -> bool:
 
 def _clean(key: str, value: Any) -> tuple[Any, bool]:
     """(safe value, was_redacted)."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, float)):
-        if isinstance(value, int) and not isinstance(value, bool) and \
-                PHONE_RE.fullmatch(str(value)):
-            return REDACTED, True
-        return value, False
+    if value is None or isinstance(value, (bool, int, float)):
+        return value, False  # numbers: counts, epochs (a number has no leading 0 anyway)
     if isinstance(value, (list, tuple)):
         out, hit = [], False
         for v in value:
@@ -134,10 +131,9 @@ class AuditLog:
                 redacted.append(key)
                 continue
             clean, hit = _clean(key, value)
-            if hit:
+            if hit:  # the whole field goes, not just the matching part
                 redacted.append(key)
-                if clean == REDACTED:
-                    continue
+                continue
             out[key] = clean
         if redacted:
             out["redacted"] = sorted(redacted)

@@ -3,7 +3,9 @@
 Order (outermost first): ``error_middleware``, ``security_headers_middleware(site)``,
 the login check, ``csrf_middleware(...)``. The header middleware also decorates raised
 HTTP errors and turns unexpected exceptions into a JSON 500, so every answer that passes
-through the application carries the headers whatever the order.
+through the application carries the headers whatever the order. Responses a handler
+prepares itself (WebSocket upgrades, streams) need ``install_security(app, site)`` too,
+which adds the same headers from ``on_response_prepare``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -78,6 +81,8 @@ def json_error(status: int, code: str, message: str) -> web.Response:
 
 
 def _internal_error(request: web.Request, exc: BaseException) -> web.Response:
+    if isinstance(exc, json.JSONDecodeError):  # request.json() on a broken body
+        return json_error(400, "bad_json", "The request body is not valid JSON.")
     # Type only: exception messages may carry data we do not control.
     event(log, "request_failed", logging.ERROR, method=request.method,
           route=_route_name(request), exception=type(exc).__name__)
@@ -111,11 +116,42 @@ def security_headers_middleware(site: str, public_url: str | None = None) -> Mid
             raise
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client
             response = _internal_error(request, exc)
+        if isinstance(response, web.FileResponse) and not _file_exists(response):
+            # aiohttp's static route answers a missing file with an empty 404 later on.
+            response = json_error(404, "not_found", "Not Found")
         if not response.prepared:
             security_headers(site, request, response, public_url)
         return response
 
     return middleware
+
+
+def security_headers_on_prepare(site: str, public_url: str | None = None
+                                ) -> Callable[[web.Request, web.StreamResponse],
+                                              Awaitable[None]]:
+    """An ``on_response_prepare`` handler: also covers responses a handler prepares
+    itself (WebSocket upgrades, streamed responses), which a middleware sees too late."""
+    if site not in SITES:
+        raise ValueError(f"site must be one of {SITES}")
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        security_headers(site, request, response, public_url)
+
+    return on_prepare
+
+
+def install_security(app: web.Application, site: str, public_url: str | None = None) -> None:
+    """Register the header signal on ``app`` (before it starts); use together with
+    ``security_headers_middleware(site)`` in the middleware list."""
+    app.on_response_prepare.append(security_headers_on_prepare(site, public_url))
+
+
+def _file_exists(response: web.FileResponse) -> bool:
+    path = getattr(response, "_path", None)
+    try:
+        return path is None or Path(path).is_file()
+    except OSError:
+        return False
 
 
 def _reason_code(status: int, reason: str) -> str:
@@ -144,8 +180,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                    if k.lower() not in ("content-type", "content-length")}
         return web.Response(status=status, text=body, content_type="application/json",
                             headers=headers)
-    except json.JSONDecodeError:
-        return json_error(400, "bad_json", "The request body is not valid JSON.")
     except Exception as exc:  # noqa: BLE001
         return _internal_error(request, exc)
 

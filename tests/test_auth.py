@@ -100,7 +100,9 @@ async def test_login_returns_a_session_bound_to_the_certificate(
     assert await store.get_session(session.id_hash) == session
     # The cookie value itself is never stored.
     await store.close()
-    assert cookie.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
+    stored = await asyncio.to_thread(
+        lambda: b"".join(p.read_bytes() for p in tmp_path.glob("state.db*")))
+    assert cookie.encode() not in stored
 
 
 async def test_unknown_user_and_wrong_password_look_the_same(
