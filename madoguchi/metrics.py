@@ -105,6 +105,8 @@ for _kind in ("audio", "video"):
     SUBSCRIBER_LOSS.labels(kind=_kind)
     SUBSCRIBER_JITTER.labels(kind=_kind)
     SUBSCRIBER_RTT.labels(kind=_kind)
+for _role in ("citizen", "staff"):  # sfu/room.py
+    ACTIVE_PEERS.labels(role=_role)
 for _reason in LINK_REFUSAL_REASONS:
     LINK_REFUSALS.labels(reason=_reason)
 for _reason in SMS_FAILURE_REASONS:  # increase() in alerts misses a series' first value
