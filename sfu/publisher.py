@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_NACK_GAP = 128        # larger holes are not NACKed (a keyframe request follows)
 NACK_REPEAT_AFTER = 0.1   # do not NACK the same packet upstream again within this time
+SSRC_SWITCH_SILENCE = 1.0  # a new SSRC replaces the current one only after this silence
 
 Deliver = Callable[["PublisherStream", RtpPacket, int, bool, float], Awaitable[None]]
 
@@ -96,6 +97,7 @@ class PublisherStream:
         self.keyframes = KeyframeRequester(self._send_pli)
         self._nacked: dict[int, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_media = 0.0
         self.packets = 0
         self.rtx_packets = 0
         self.dropped = 0
@@ -132,11 +134,26 @@ class PublisherStream:
                     return
                 packet = unwrap_rtx(packet, payload_type=self.media_pt, ssrc=self.ssrc)
                 self.rtx_packets += 1
-            elif packet.ssrc != self.ssrc:
-                self._new_ssrc(packet.ssrc)
-            self.packets += 1
-            ext, newest = self.unwrapper.unwrap(packet.sequence_number)
             arrival = self.stamps.current
+            if packet.ssrc != self.ssrc:
+                # browsers keep one SSRC per session; a stray one must not flap the track
+                if self.ssrc is not None and arrival - self._last_media < SSRC_SWITCH_SILENCE:
+                    self.dropped += 1
+                    return
+                self._new_ssrc(packet.ssrc)
+            unwrapper = self.unwrapper
+            restarts = unwrapper.restarts
+            unwrapped = unwrapper.unwrap(packet.sequence_number)
+            if unwrapped is None:  # wild sequence jump: wait for confirmation
+                self.dropped += 1
+                return
+            if unwrapper.restarts != restarts:  # the sender restarted its numbering
+                self.epoch += 1
+                self.stats = ReceiveStats(self.clock_rate)
+                self._nacked.clear()
+            ext, newest = unwrapped
+            self._last_media = arrival
+            self.packets += 1
             prev_max = self.stats.max_ext
             self.stats.add(ext, packet.timestamp, arrival, newest)
             if newest and self.kind == "video" and ext > prev_max + 1 and self.stats.received > 1:

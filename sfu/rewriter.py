@@ -20,16 +20,26 @@ SEQ_MASK = 0xFFFF
 TS_MASK = 0xFFFFFFFF
 
 
-class SeqUnwrapper:
-    """Turns 16-bit sequence numbers into ever-increasing ints (RFC 3550 A.1 style)."""
+MAX_DROPOUT = 3000    # RFC 3550 A.1: a larger jump ahead is suspicious ...
+MAX_MISORDER = 1000   # ... and so is a larger jump back
 
-    __slots__ = ("max_ext",)
+
+class SeqUnwrapper:
+    """Turns 16-bit sequence numbers into ever-increasing ints (RFC 3550 A.1 style).
+
+    A jump beyond MAX_DROPOUT/MAX_MISORDER is dropped unless the next packet continues
+    from it (a restarted sender): then numbering restarts and ``restarts`` grows.
+    """
+
+    __slots__ = ("max_ext", "_bad", "restarts")
 
     def __init__(self) -> None:
         self.max_ext: int | None = None
+        self._bad: int | None = None
+        self.restarts = 0
 
-    def unwrap(self, seq: int) -> tuple[int, bool]:
-        """(extended seq, True if it is the newest so far)."""
+    def unwrap(self, seq: int) -> tuple[int, bool] | None:
+        """(extended seq, True if it is the newest so far), or None to drop."""
         top = self.max_ext
         if top is None:
             ext = seq + (1 << 16)  # room below for reordered early packets
@@ -38,6 +48,15 @@ class SeqUnwrapper:
         delta = (seq - top) & SEQ_MASK
         if delta >= 0x8000:
             delta -= 0x10000
+        if delta > MAX_DROPOUT or delta < -MAX_MISORDER:
+            if self._bad == seq:
+                self._bad = None
+                self.restarts += 1
+                self.max_ext = seq + (1 << 16)
+                return self.max_ext, True
+            self._bad = (seq + 1) & SEQ_MASK
+            return None
+        self._bad = None
         ext = top + delta
         if delta > 0:
             self.max_ext = ext

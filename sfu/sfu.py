@@ -24,8 +24,8 @@ def settings_from_config(config: SfuConfig) -> PeerSettings:
         ice_servers=list(config.ice_servers),
         video_codec=normalize(config.video_codec),
         udp_rcvbuf_bytes=int(config.udp_rcvbuf_bytes),
-        max_video_bitrate=int(getattr(config, "max_video_kbps", 1500)) * 1000,
-        peer_timeout=float(getattr(config, "peer_timeout_seconds", 10.0)),
+        max_video_bitrate=int(config.max_video_kbps) * 1000,
+        peer_timeout=float(config.peer_timeout_seconds),
     )
 
 

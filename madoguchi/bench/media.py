@@ -78,10 +78,10 @@ class Clip:
         return sum(len(f.data) for f in self.video) * 8 / seconds if seconds else 0.0
 
 
-def _frames(width: int, height: int, count: int) -> list[av.VideoFrame]:
+def _frames(width: int, height: int, count: int, variant: int = 0) -> list[av.VideoFrame]:
     """Synthetic picture: a diagonal gradient sliding right and a textured band moving
-    down (enough detail for the encoder to use its bitrate)."""
-    rng = random.Random(1234)
+    down (enough detail for the encoder to use its bitrate); ``variant`` changes it."""
+    rng = random.Random(1234 + variant)
     span = width + height + 8 * count
     gradient = bytes((i // 2) & 0xFF for i in range(span))
     texture = rng.randbytes(width * 2 + height * 2 + 4 * count)
@@ -149,13 +149,13 @@ def _is_key(codec: str, data: bytes) -> bool:
 
 def encode_clip(codec: str = "VP8", width: int = 640, height: int = 480, fps: int = 30,
                 seconds: float = 10.0, bitrate: int = 1_000_000, gop_seconds: float = 4.0,
-                audio: bool = True) -> Clip:
+                audio: bool = True, variant: int = 0) -> Clip:
     """Encode a synthetic clip once (the only encoding anywhere in the tooling)."""
     count = int(seconds * fps)
     gop = max(1, int(gop_seconds * fps))
     ctx = _video_encoder(codec, width, height, fps, bitrate, gop)
     clip = Clip(codec=codec, width=width, height=height, fps=fps)
-    for i, frame in enumerate(_frames(width, height, count)):
+    for i, frame in enumerate(_frames(width, height, count, variant)):
         frame.pts = i
         frame.time_base = ctx.time_base
         frame.pict_type = (av.video.frame.PictureType.I if i % gop == 0

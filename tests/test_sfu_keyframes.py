@@ -1,0 +1,113 @@
+"""Keyframes: a late joiner starts on a keyframe the SFU asked for (PLI relayed upstream),
+and a viewer's PLI/FIR reaches the citizen as a PLI and brings a new keyframe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiortc.rtp import RTCP_PSFB_FIR, RtcpPsfbPacket
+
+from madoguchi.bench.media import ClientPeer, Clip, citizen_client, staff_client
+from sfu.sfu import LocalSfu
+from tests.fixtures.sfu import join_citizen, join_staff
+
+
+def video_receiver(client: ClientPeer):
+    return next(t.receiver for t in client.pc.getTransceivers() if t.kind == "video")
+
+
+async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_late_joiner_starts_on_a_requested_keyframe(sfu: LocalSfu, vp8_clip: Clip) -> None:
+    # The clip has ONE keyframe per 4 s loop: without the PLI relay a viewer joining
+    # 1 s in would wait ~3 s for the next natural keyframe.
+    assert vp8_clip.keyframe_indexes == [0]
+    room = sfu.room("late")
+    events: list[tuple[str, dict]] = []
+    room.on_event(lambda n, d: events.append((n, d)))
+    citizen = citizen_client(vp8_clip)
+    staff = staff_client("VP8")
+    try:
+        await join_citizen(room, citizen)
+        await asyncio.sleep(1.0)
+        requests_before = citizen.video.keyframe_requests
+        await join_staff(room, "late-viewer", staff)
+        connected = time.monotonic()
+        video = staff.collectors["video"]
+        await video.wait_frames(1, timeout=5)
+        waited = video.first_frame_at - connected
+        print(f"late joiner: first frame {waited * 1000:.0f} ms after DTLS up")
+        assert video.frames[0].keyframe, "the first frame a late joiner gets is a keyframe"
+        assert citizen.video.keyframe_requests > requests_before, "no PLI reached the citizen"
+        assert waited < 1.5, f"first frame after {waited:.2f}s: the PLI relay did not work"
+        first = [d for n, d in events if n == "first_frame"]
+        assert first and first[0]["viewer"] == "late-viewer" and first[0]["seconds"] < 1.5
+    finally:
+        await staff.close()
+        await citizen.close()
+
+
+async def test_viewer_pli_and_fir_bring_new_keyframes(sfu: LocalSfu, vp8_clip: Clip) -> None:
+    room = sfu.room("pli")
+    citizen = citizen_client(vp8_clip)
+    staff = staff_client("VP8")
+    try:
+        await join_citizen(room, citizen)
+        await join_staff(room, "v", staff)
+        video = staff.collectors["video"]
+        await video.wait_frames(5)
+        receiver = video_receiver(staff)
+        await wait_until(lambda: receiver.getSynchronizationSources(), what="a source")
+        ssrc = receiver.getSynchronizationSources()[0].source
+        await asyncio.sleep(0.4)  # past the SFU's 300 ms PLI rate limit
+
+        for kind in ("pli", "fir"):
+            requests = citizen.video.keyframe_requests
+            keys = sum(f.keyframe for f in video.frames)
+            if kind == "pli":
+                await receiver._send_rtcp_pli(ssrc)
+            else:
+                fir = RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=1234, media_ssrc=0,
+                                     fci=ssrc.to_bytes(4, "big") + b"\x01\0\0\0")
+                await receiver._send_rtcp(fir)
+            await wait_until(lambda r=requests: citizen.video.keyframe_requests > r,
+                             what=f"{kind} relayed upstream")
+            await wait_until(lambda k=keys: sum(f.keyframe for f in video.frames) > k,
+                             what=f"a new keyframe after {kind}")
+            await asyncio.sleep(0.4)
+    finally:
+        await staff.close()
+        await citizen.close()
+
+
+async def test_pli_flood_is_rate_limited(sfu: LocalSfu, vp8_clip: Clip) -> None:
+    room = sfu.room("flood")
+    citizen = citizen_client(vp8_clip)
+    staff = staff_client("VP8")
+    try:
+        await join_citizen(room, citizen)
+        await join_staff(room, "v", staff)
+        await staff.collectors["video"].wait_frames(3)
+        receiver = video_receiver(staff)
+        await wait_until(lambda: receiver.getSynchronizationSources(), what="a source")
+        ssrc = receiver.getSynchronizationSources()[0].source
+        await asyncio.sleep(0.4)
+        before = citizen.video.keyframe_requests
+        start = time.monotonic()
+        for _ in range(100):
+            await receiver._send_rtcp_pli(ssrc)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.4)
+        elapsed = time.monotonic() - start
+        relayed = citizen.video.keyframe_requests - before
+        assert 1 <= relayed <= elapsed / 0.3 + 2, f"{relayed} PLIs relayed in {elapsed:.1f}s"
+    finally:
+        await staff.close()
+        await citizen.close()

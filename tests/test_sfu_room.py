@@ -1,0 +1,154 @@
+"""Room behaviour: staff audio to the citizen, the data channel, events, packet sinks,
+citizen reconnect (a second peer replaces the first), several viewers and the floor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from madoguchi.bench.media import Clip, citizen_client, staff_client
+from sfu.interfaces import ForwardedPacket
+from sfu.sfu import LocalSfu
+from tests.fixtures.sfu import join_citizen, join_staff
+from tests.test_sfu_forwarding import assert_bit_exact
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.packets: list[ForwardedPacket] = []
+        self.closed = False
+
+    def on_packet(self, packet: ForwardedPacket) -> None:
+        self.packets.append(packet)
+
+    def on_close(self) -> None:
+        self.closed = True
+
+
+async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_staff_audio_data_channel_events_and_sink(sfu: LocalSfu, vp8_clip: Clip) -> None:
+    room = sfu.room("room-basics")
+    events: list[tuple[str, dict]] = []
+    room.on_event(lambda n, d: events.append((n, dict(d))))
+    sink = ListSink()
+    room.add_sink(sink)
+    citizen = citizen_client(vp8_clip)
+    staff = staff_client("VP8", talk=vp8_clip, keep_sent=True)
+    assert room.send_to_citizen({"type": "link"}) is False  # nobody connected yet
+    await join_citizen(room, citizen)
+    await join_staff(room, "officer-1", staff)
+
+    # staff audio reaches the citizen, bit for bit
+    await citizen.collectors["audio"].wait_frames(40)
+    assert_bit_exact(citizen.collectors["audio"].frames, staff.audio.sent, "opus", 40)
+
+    # the data channel carries JSON to the citizen
+    await wait_until(lambda: room.send_to_citizen(
+        {"type": "link", "url": "https://city.example/hoiku", "title": "保育所"}),
+        what="data channel open")
+    await wait_until(lambda: citizen.messages, what="data channel message")
+    assert '"title": "保育所"' in citizen.messages[0]
+
+    names = [n for n, _ in events]
+    for name in ("citizen_connected", "citizen_media", "staff_connected", "first_frame"):
+        assert name in names, f"missing event {name}: {names}"
+    assert ("staff_connected", {"viewer": "officer-1"}) in events
+
+    # the citizen's RTCP SR gives packets a wall-clock time (aiortc sends one per ~1 s)
+    await wait_until(lambda: any(p.ntp_time is not None for p in sink.packets
+                                 if p.track == "citizen-video"), what="an SR-timed packet")
+    timed = [p for p in sink.packets if p.track == "citizen-video" and p.ntp_time][-1]
+    assert abs(timed.ntp_time - time.time()) < 2.0
+
+    await room.disconnect_staff("officer-1")
+    assert ("staff_disconnected", {"viewer": "officer-1"}) in events
+    await staff.close()
+    await citizen.close()
+    await wait_until(lambda: "citizen_disconnected" in [n for n, _ in events],
+                     what="citizen_disconnected")
+
+    # the sink saw every track, in the documented shape
+    tracks = {p.track for p in sink.packets}
+    assert {"citizen-video", "citizen-audio", "staff-audio"} <= tracks
+    video = [p for p in sink.packets if p.track == "citizen-video"]
+    assert video[0].keyframe and video[0].codec == "VP8" and video[0].clock_rate == 90000
+    seqs = [p.sequence for p in video]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    await room.close()
+    assert sink.closed
+
+
+async def test_citizen_reconnect_replaces_peer_and_video_continues(
+        sfu: LocalSfu, vp8_clip: Clip, vp8_clip_b: Clip) -> None:
+    room = sfu.room("reconnect")
+    events: list[str] = []
+    room.on_event(lambda n, d: events.append(n))
+    sink = ListSink()
+    room.add_sink(sink)
+    first = citizen_client(vp8_clip)
+    second = citizen_client(vp8_clip_b, keep_sent=True, start_index=50)
+    staff = staff_client("VP8")
+    try:
+        await join_citizen(room, first)
+        await join_staff(room, "v", staff)
+        video = staff.collectors["video"]
+        await video.wait_frames(10)
+        before = len(video.frames)
+        old_peer = room.citizen
+        await join_citizen(room, second)  # the phone switched networks
+        assert room.citizen is not old_peer and old_peer.closed
+        assert "citizen_disconnected" not in events  # a replacement, not an end
+        await video.wait_frames(before + 30)
+        after = video.frames[before:]
+        second_sent = {d for _, d in second.video.sent}
+        from_second = [f for f in after if f.data in second_sent]
+        assert len(from_second) >= 20, "the viewer does not get the new peer's video"
+        assert from_second[0].keyframe
+        # the recorder's timeline stays continuous across the switch
+        seqs = [p.sequence for p in sink.packets if p.track == "citizen-video"]
+        gaps = [(b - a) & 0xFFFF for a, b in zip(seqs, seqs[1:], strict=False)]
+        assert all(g == 1 for g in gaps), f"sequence jumps: {set(gaps)}"
+        ts = [p.timestamp for p in sink.packets if p.track == "citizen-video"]
+        assert all(((b - a) & 0xFFFFFFFF) < 90000 for a, b in zip(ts, ts[1:], strict=False))
+    finally:
+        await staff.close()
+        await first.close()
+        await second.close()
+
+
+async def test_two_viewers_floor_goes_to_remaining_speaker(sfu: LocalSfu, vp8_clip: Clip) -> None:
+    room = sfu.room("floor")
+    citizen = citizen_client(vp8_clip)
+    a = staff_client("VP8", talk=vp8_clip, keep_sent=True)
+    b = staff_client("VP8", talk=vp8_clip, keep_sent=True)
+    try:
+        await join_citizen(room, citizen)
+        await join_staff(room, "a", a)
+        await join_staff(room, "b", b)
+        heard = citizen.collectors["audio"]
+        await heard.wait_frames(30)
+        # both viewers get the citizen's video
+        await a.collectors["video"].wait_frames(5)
+        await b.collectors["video"].wait_frames(5)
+        a_sent = {d for _, d in a.audio.sent}
+        assert all(f.data in a_sent for f in heard.frames[:25]), "the floor is not a's"
+        n = len(heard.frames)
+        await room.disconnect_staff("a")
+        await a.close()
+        await heard.wait_frames(n + 40)
+        b_sent = {d for _, d in b.audio.sent}
+        later = heard.frames[n + 10:]
+        assert later and all(f.data in b_sent for f in later), "b did not get the floor"
+        # one continuous track: the citizen's receiver saw no timestamp jump back
+        stamps = [f.timestamp for f in heard.frames]
+        assert all(y > x for x, y in zip(stamps, stamps[1:], strict=False))
+    finally:
+        await b.close()
+        await citizen.close()
