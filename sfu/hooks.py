@@ -20,6 +20,9 @@ sender (subscriber side)
 
 transport
   ``RTCDtlsTransport._send_rtp(data)``  SRTP-protects and sends RTP or RTCP bytes.
+  ``RTCDtlsTransport._handle_rtp_data`` / ``_handle_rtcp_data``  guarded (see
+      :func:`guard_transport`): aiortc lets ``struct.error`` from a malformed header
+      extension or REMB escape, which ends the transport's receive task.
 
 tests/test_sfu_hooks.py checks every name listed in :data:`REQUIRED` so an aiortc
 upgrade fails loudly instead of silently decoding again.
@@ -31,7 +34,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 
 AIORTC_VERSION = "1.16.0"
@@ -46,6 +49,9 @@ REQUIRED: list[tuple[type, str, tuple[str, ...] | None]] = [
     (RTCRtpSender, "_run_rtcp", ()),
     (RTCRtpSender, "_handle_rtcp_packet", ("packet",)),
     (RTCRtpSender, "_send_keyframe", ()),
+    (RTCDtlsTransport, "_send_rtp", ("data",)),
+    (RTCDtlsTransport, "_handle_rtp_data", ("data", "arrival_time_ms")),
+    (RTCDtlsTransport, "_handle_rtcp_data", ("data",)),
 ]
 # Name-mangled events aiortc's stop() waits for; our replacement loops must set them.
 RECEIVER_EVENTS = ("_RTCRtpReceiver__rtcp_started", "_RTCRtpReceiver__rtcp_exited")
@@ -116,3 +122,28 @@ def hook_sender(sender: RTCRtpSender, on_start: Callable[[Any], None],
     sender._run_rtcp = run_rtcp  # type: ignore[method-assign, assignment]
     sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign, assignment]
     sender._send_keyframe = lambda: None  # type: ignore[method-assign, assignment]
+
+
+def guard_transport(dtls: RTCDtlsTransport, on_error: Callable[[str], None]) -> None:
+    """Drop (and report) a datagram whose parsing raises, instead of letting the
+    exception end the DTLS transport's receive loop (and with it the peer)."""
+    if getattr(dtls, "_madoguchi_guarded", False):
+        return
+    handle_rtp = dtls._handle_rtp_data
+    handle_rtcp = dtls._handle_rtcp_data
+
+    async def rtp(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            await handle_rtp(data, arrival_time_ms)
+        except Exception:
+            on_error("rtp_parse")
+
+    async def rtcp(data: bytes) -> None:
+        try:
+            await handle_rtcp(data)
+        except Exception:
+            on_error("rtcp_parse")
+
+    dtls._handle_rtp_data = rtp  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = rtcp  # type: ignore[method-assign]
+    dtls._madoguchi_guarded = True  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from madoguchi.logs import event
 from madoguchi.metrics import SFU_ERRORS
 
-from . import ice
+from . import hooks, ice
 from .interfaces import SfuError
 from .publisher import PeerClock, PublisherStream
 from .sdp import rewrite_answer_addresses
@@ -70,6 +70,7 @@ class Peer:
         self.channel: RTCDataChannel | None = None
         self.connected = False
         self.counted = False  # in the ACTIVE_PEERS gauge
+        self._parse_errors = 0
         self.closed = False
         self.state = "new"
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -129,7 +130,12 @@ class Peer:
         return list(seen.values())
 
     def _attach_stamps(self) -> None:
-        """One arrival-stamp FIFO per (bundled) transport, before DTLS starts reading."""
+        """One arrival-stamp FIFO per (bundled) transport, before DTLS starts reading;
+        the DTLS transports are guarded against parse errors at the same time."""
+        for t in self.pc.getTransceivers():
+            hooks.guard_transport(t.receiver.transport, self._transport_error)
+        if self.pc.sctp is not None:
+            hooks.guard_transport(self.pc.sctp.transport, self._transport_error)
         by_transport: dict[int, ice.ArrivalStamps] = {}
         for it in self._ice_transports():
             stamps = ice.ArrivalStamps()
@@ -153,6 +159,13 @@ class Peer:
             if media is not None:
                 leg.configure(media.rtp.headerExtensions, str(media.rtp.muxId),
                               cnames.get(leg.ssrc, ""))
+
+    def _transport_error(self, where: str) -> None:
+        self._parse_errors += 1
+        SFU_ERRORS.labels(reason=where).inc()
+        if self._parse_errors <= 3:
+            event(log, "sfu_malformed_packet", level=logging.INFO,
+                  consultation=self.consultation, role=self.role, where=where)
 
     # events --------------------------------------------------------------------
     def _state_changed(self) -> None:

@@ -181,6 +181,9 @@ class DownTrack:
         except ConnectionError:
             self.ready = False
             return False
+        except Exception:  # SRTP refused the packet: count it, keep the leg
+            self._error("send")
+            return False
         self.packets += 1
         self.octets += len(payload)
         return True
