@@ -302,6 +302,13 @@ class Authenticator:
         request[_REQUEST_KEY] = principal
         return principal
 
+    async def revalidate(self, request: web.Request) -> Principal | None:
+        """Check the session again (long-lived WebSockets: call it every minute or so and
+        close the socket on None: expired session, logout, disabled account, or the
+        certificate revoked since the connection was opened)."""
+        request[_REQUEST_KEY] = _MISSING
+        return await self.authenticate(request)
+
     async def _authenticate(self, request: web.Request) -> Principal | None:
         cookie = request.cookies.get(SESSION_COOKIE, "")
         if not cookie or len(cookie) > 256:

@@ -435,3 +435,31 @@ async def test_revocation_ends_a_logged_in_keepalive_connection(
     finally:
         await http.close()
         await runner.cleanup()  # type: ignore[attr-defined]
+
+
+async def test_revalidate_sees_changes_during_a_long_request(
+        pki: Pki, store: SqliteStore, auth: Authenticator) -> None:
+    """A WebSocket stays open for hours: revalidate() re-checks what authenticate()
+    cached for the request."""
+    async def long_lived(request: web.Request) -> web.Response:
+        first = await auth.authenticate(request)
+        assert first is not None
+        await store.update_staff(first.username, {"disabled": True})
+        cached = await auth.authenticate(request)
+        again = await auth.revalidate(request)
+        return web.json_response({"cached": cached is not None, "again": again is not None})
+
+    app = session_app(auth)
+    app.router.add_get("/long", long_lived)
+    runner, port = await serve_tls(app, staff_ssl_context(pki.tls_config()))
+    await add_account(store)
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+        ssl=pki.client_context(pki.valid)))
+    try:
+        b = Browser(http, f"https://127.0.0.1:{port}")
+        await login(b)
+        status, body, _ = await b.call("GET", "/long")
+        assert (status, body) == (200, {"cached": True, "again": False})
+    finally:
+        await http.close()
+        await runner.cleanup()  # type: ignore[attr-defined]
