@@ -544,7 +544,7 @@ def make_dev_certs(directory: Path, client_name: str = "staff-pc1") -> DevCerts:
     staff_ca_path, staff_key_path, crl_path = d / STAFF_CA_CERT, d / STAFF_CA_KEY, d / STAFF_CRL
     if StaffCA.exists(staff_ca_path, staff_key_path):
         staff = StaffCA(staff_ca_path, staff_key_path, crl_path)
-        if not crl_path.exists():
+        if not _crl_fresh(crl_path):
             staff.write_crl()
     else:
         staff = StaffCA.init(staff_ca_path, staff_key_path, crl_path,
@@ -565,6 +565,15 @@ def make_dev_certs(directory: Path, client_name: str = "staff-pc1") -> DevCerts:
                     staff_ca_key=staff_key_path, staff_crl=crl_path, client_p12=p12,
                     client_cert=cert_pem, client_key=key_pem, p12_password=password,
                     client_name=client_name, created=created)
+
+
+def _crl_fresh(path: Path, days: int = 30) -> bool:
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    nxt = crl.next_update_utc
+    return nxt is not None and nxt > _now() + dt.timedelta(days=days)
 
 
 def _client_ok(staff: StaffCA, p12: Path, pw_file: Path, cert_pem: Path, key_pem: Path) -> bool:

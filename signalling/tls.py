@@ -88,6 +88,14 @@ def _read_crl(tls: TlsConfig) -> tuple[bytes, set[str], x509.CertificateRevocati
         crl = x509.load_pem_x509_crl(data)
     except (ValueError, CertError) as exc:
         raise TlsSetupError(f"[tls] staff_crl {path}: not a CRL of the staff CA") from exc
+    # OpenSSL refuses every certificate against a CRL outside its validity: say so plainly.
+    now = dt.datetime.now(dt.UTC)
+    if crl.next_update_utc is not None and crl.next_update_utc <= now:
+        raise TlsSetupError(f"[tls] staff_crl {path} expired on {crl.next_update_utc:%Y-%m-%d}"
+                            "; re-sign it with `madoguchi certs crl`")
+    if crl.last_update_utc > now + dt.timedelta(minutes=1):
+        raise TlsSetupError(f"[tls] staff_crl {path} is not valid before "
+                            f"{crl.last_update_utc:%Y-%m-%d %H:%M} UTC (clock skew?)")
     return data, serials, crl
 
 

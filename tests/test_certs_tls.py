@@ -258,3 +258,24 @@ def test_missing_configuration_is_a_clear_error(pki: Pki, tmp_path) -> None:
     tls.staff_crl = str(tmp_path / "missing.pem")
     with pytest.raises(TlsSetupError, match="not found"):
         staff_ssl_context(tls)
+
+
+def test_expired_or_future_crl_is_a_clear_error(fresh_pki: Pki) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca = fresh_pki.staff_ca
+    now = dt.datetime.now(dt.UTC)
+    for start, end, match in ((now - dt.timedelta(days=10), now - dt.timedelta(days=1),
+                               "expired"),
+                              (now + dt.timedelta(days=1), now + dt.timedelta(days=10),
+                               "not valid before")):
+        crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
+               .last_update(start).next_update(end).sign(ca.key, hashes.SHA256()))
+        fresh_pki.dev.staff_crl.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        with pytest.raises(TlsSetupError, match=match):
+            staff_ssl_context(fresh_pki.tls_config())
+    ca.write_crl()
+    staff_ssl_context(fresh_pki.tls_config())
