@@ -1,0 +1,46 @@
+"""``python -m madoguchi.bench NAME [options]`` (what ``scripts/bench`` runs).
+
+Each benchmark is a module ``madoguchi.bench.<name>`` with ``main(argv) -> int``; add
+yours to ``BENCHMARKS`` (one line) and it is reachable as ``scripts/bench <name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line description)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "retention": ("madoguchi.bench.retention",
+                  "delete N overdue consultations in one retention run (target < 60 s)"),
+    "record": ("madoguchi.bench.record",
+               "recording cost per publisher->viewer pair"),
+    "sfu": ("madoguchi.bench.sfu", "SFU forwarding cost per pair"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench", description="Madoguchi benchmarks (they print figures).",
+        epilog="\n".join(f"  {name:<10} {desc}" for name, (_m, desc) in BENCHMARKS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=sorted(BENCHMARKS), metavar="BENCHMARK",
+                        help="one of: " + ", ".join(sorted(BENCHMARKS)))
+    parser.add_argument("args", nargs=argparse.REMAINDER,
+                        help="options of the benchmark (BENCHMARK --help lists them)")
+    ns = parser.parse_args(argv)
+    module_name = BENCHMARKS[ns.benchmark][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"scripts/bench: the {ns.benchmark} benchmark is not built yet", file=sys.stderr)
+        return 2
+    return int(module.main(ns.args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
