@@ -11,7 +11,7 @@ Inside ``madoguchi serve``::
 
     daemon = RetentionDaemon(store, cfg, clock, audit=audit_log)
     task = asyncio.ensure_future(daemon.run_forever(stop_event))
-    ...; stop_event.set(); await task        # returns after the current run
+    ...; stop_event.set(); await task        # returns within one batch (200 deletions)
 
 Stand-alone: ``madoguchi retention`` (``--once`` for one run).
 """
@@ -51,6 +51,10 @@ class LockLost(RuntimeError):
     """The daemon's lock expired while it worked (another daemon may run now)."""
 
 
+class Stopped(RuntimeError):
+    """``run_forever`` was asked to stop in the middle of a long run."""
+
+
 @dataclass
 class RunReport:
     started_at: float
@@ -77,6 +81,7 @@ class RetentionDaemon:
         self.lock_ttl = max(60.0, 3 * self.interval)
         self.runs = 0  # completed runs, skipped or not (tests wait on it)
         self.last_report: RunReport | None = None
+        self._stop: asyncio.Event | None = None
 
     async def run_once(self) -> RunReport:
         """One full run; never raises for store or file trouble (the report says)."""
@@ -94,7 +99,7 @@ class RetentionDaemon:
         deleter = Deleter(self.store, self.folder, self.journal, self.receipts, self.clock)
         try:
             await self._run(deleter, lock, now, started, report)
-        except (StoreError, LockLost, OSError) as exc:
+        except (StoreError, LockLost, Stopped, OSError) as exc:
             report.error = str(exc) if not isinstance(exc, OSError) else type(exc).__name__
         finally:
             self.journal.close()
@@ -123,6 +128,8 @@ class RetentionDaemon:
             due = [cid for cid in due if cid not in failed]
             if not due:
                 break
+            if self._stop is not None and self._stop.is_set():
+                raise Stopped("stopped before the end of the run (the next run resumes)")
             for cid in due:
                 if not await deleter.delete(cid, "deadline"):
                     failed.add(cid)
@@ -174,6 +181,7 @@ class RetentionDaemon:
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Run at once (catch-up), then every ``interval_seconds`` until ``stop`` is set."""
         event(log, "retention_started", interval_seconds=self.interval)
+        self._stop = stop
         while not stop.is_set():
             try:
                 await self.run_once()

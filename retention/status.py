@@ -15,6 +15,7 @@ No figure carries a consultation id, a ward or anything personal.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -92,7 +93,7 @@ async def measure(store: Store, folder: RecordingFolder, cfg: Config,
         oldest_start = min(oldest_start, retention_start(key.deadline, cfg))
         if key.deadline < now - grace:
             status.overdue += 1
-    entries = folder.entries()
+    entries = await asyncio.to_thread(folder.entries)  # many stat calls: off the event loop
     status.recording_entries = len(entries)
     for entry in entries:
         oldest_start = min(oldest_start, entry.newest_mtime)

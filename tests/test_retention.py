@@ -515,6 +515,27 @@ async def test_run_forever_catches_up_then_stops(store: Any, cfg: Config,
     await asyncio.wait_for(task, 5)
 
 
+async def test_stop_interrupts_a_long_catch_up(store: Any, cfg: Config,
+                                               clock: ManualClock) -> None:
+    for i in range(450):
+        await store.create_consultation(consultation(f"c{i:03d}", EXPIRED, T0 - 30 * HOUR,
+                                                     T0 - 2 * HOUR + i))
+    stop = asyncio.Event()
+
+    class StopAfterOne:
+        def write(self, action: str, **fields: Any) -> None:
+            stop.set()
+
+    daemon = RetentionDaemon(store, cfg, clock, audit=StopAfterOne())
+    await asyncio.wait_for(daemon.run_forever(stop), 10)
+    report = daemon.last_report
+    assert report is not None and not report.ok and "stopped" in report.error
+    left = len(await store.consultation_deadlines())
+    assert 0 < left < 450  # one batch done, the rest left for the next run
+    assert (await RetentionDaemon(store, cfg, clock).run_once()).ok
+    assert await store.consultation_deadlines() == []
+
+
 async def test_store_down_is_reported_not_raised(cfg: Config, clock: ManualClock) -> None:
     from tests.fixtures.ports import free_port
     s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", clock)
