@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -33,10 +32,8 @@ def _serve(args: argparse.Namespace) -> int:
     from madoguchi.devmode import apply_dev_defaults
     has_file = bool(getattr(args, "config", None) or os.environ.get("MADOGUCHI_CONFIG"))
     apply_dev_defaults(cfg, has_file)
-    if cfg.sfu.use_uvloop:
-        with contextlib.suppress(ImportError):
-            import uvloop
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    from sfu.loop import install_uvloop
+    install_uvloop(cfg.sfu.use_uvloop)
     try:
         return asyncio.run(_run(cfg))
     except KeyboardInterrupt:

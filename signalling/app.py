@@ -45,7 +45,7 @@ class Server:
     async def _build(self) -> None:
         cfg = self.cfg
         from recorder.service import RecordingService
-        from sfu.worker import LocalSfu
+        from sfu.sfu import LocalSfu
         from signalling.audit import AuditLog
         from signalling.auth import Authenticator
         from signalling.consultations import ConsultationService
@@ -85,6 +85,12 @@ class Server:
         assert self.recording is not None
         if await self.recording.stop(cid):
             await self.service.set_recording_status(cid, "stopped")
+        # The data key lives exactly as long as the call record: the end moved its deadline.
+        c = await self.store.get_consultation(cid)
+        key = await self.store.get_data_key(cid)
+        if c is not None and key is not None and key.deadline != c.deadline:
+            key.deadline = c.deadline
+            await self.store.put_data_key(key)
 
     def _recording_status(self, cid: str, status: str) -> None:
         asyncio.ensure_future(self.service.set_recording_status(cid, status))
