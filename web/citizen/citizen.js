@@ -177,7 +177,8 @@ async function openLink() {
   } catch (err) {
     return apiFailure(err, openLink);
   }
-  state.lifetime = Number(info.lifetime_minutes) || state.lifetime;
+  const minutes = Number(info.lifetime_minutes);
+  if (minutes > 0) state.lifetime = Math.max(1, Math.round(minutes));
   state.recording = info.recording !== false;
   renderDynamic();
   if (["ended", "expired", "failed"].includes(info.state)) return finalScreen("expired");

@@ -1,0 +1,150 @@
+"""The whole consultation in real browsers (issue 3): staff console over mutual TLS, the
+citizen on an emulated iPhone and Pixel with Chromium's fake camera, media through the SFU.
+
+Prints click-to-first-frame (citizen's start tap → first frame presented in the staff
+viewer, both pages' clocks are this machine's clock).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.fixtures.browser import (
+    Browsers,
+    CitizenPage,
+    StaffConsole,
+    platform_fonts,
+    screenshot,
+    tid,
+    wait_increase,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SENT_URL = "https://www.city.example.lg.jp/kosodate/hoiku/moushikomi.html"
+SENT_TITLE = "保育所等の入所申込について"
+
+
+def _staff(browser_server: Any, browsers: Browsers) -> StaffConsole:
+    staff = browsers.staff(browser_server).open().login()
+    staff.wait_console()
+    return staff
+
+
+def _cjk(fonts: list[str]) -> bool:
+    return any("CJK" in f and "Noto" in f for f in fonts)
+
+
+@pytest.mark.parametrize(("device", "phone", "ender"), [
+    ("iPhone 13", "090-1234-5678", "citizen"),
+    ("Pixel 7", "+81 80 2345 6789", "staff"),
+])
+def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device: str,
+                                 phone: str, ender: str) -> None:
+    slug = device.split()[0].lower()
+    staff = _staff(browser_server, browsers)
+    cid = staff.create(phone)
+    link = staff.link(cid)
+    assert link.startswith(browser_server.citizen_url + "/c/")
+    assert staff.state(cid) in ("created", "sms_sent")
+    assert "****" in staff.row(cid).locator(tid("consultation-phone")).inner_text()
+
+    citizen: CitizenPage = browsers.citizen(device)
+    response = citizen.goto(link)
+    assert response is not None and response.status == 200
+    citizen.wait_status("consent")
+    page = citizen.page
+    terms = page.locator(tid("consent-terms")).inner_text()
+    assert "通信料" in terms and "24 時間以内" in terms and "スマートフォンには何も保存されません" in terms
+    fonts = platform_fonts(page, "#consent-title")
+    print(f"\n[{device}] consent title rendered with: {fonts}")
+    assert _cjk(fonts), fonts
+    screenshot(page, f"citizen-{slug}-consent")
+    staff.wait_state(cid, "opened")
+    assert not staff.row(cid).locator(tid("consultation-link")).count()  # opened: link hidden
+
+    citizen.consent()
+    assert page.eval_on_selector(tid("local-preview"),
+                                 "v => v.playsInline && v.muted && v.autoplay") is True
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=local-preview]').videoWidth > 0",
+        polling=100)
+    staff.wait_state(cid, "consented")
+    staff.open_viewer(cid)
+
+    tapped = citizen.start()
+    first_frame = staff.wait_first_frame()
+    print(f"[{device}] click-to-first-frame: {first_frame - tapped:.0f} ms "
+          "(citizen start tap → staff viewer's first frame)")
+    citizen.wait_status("live")
+    staff.wait_state(cid, "live")
+
+    # The staff viewer decodes frames: size known, frames and decode counters increase.
+    sample = staff.video_sample()
+    assert sample["width"] > 0 and sample["height"] > 0
+    before, after = wait_increase(lambda: staff.video_sample()["frames"])
+    assert after > before, "totalVideoFrames did not increase"
+    before, after = wait_increase(lambda: staff.stats()["framesDecoded"])
+    assert after > before, "framesDecoded did not increase"
+    # The citizen hears the staff: inbound audio packets increase.
+    before, after = wait_increase(lambda: citizen.stats()["audioPackets"])
+    assert after > before, "the citizen receives no staff audio"
+
+    # A web link sent by staff appears on the citizen's page as a safe card.
+    staff.page.fill(tid("send-link-input"), SENT_URL)
+    staff.page.fill(tid("send-link-title"), SENT_TITLE)
+    staff.page.click(tid("send-link"))
+    staff.page.wait_for_selector(tid("send-link-done"), state="visible")
+    card = page.locator(tid("link-card"))
+    card.first.wait_for(state="visible")
+    assert card.count() == 1, "the link arrived twice (WebSocket + data channel not merged)"
+    assert card.get_attribute("href") == SENT_URL
+    assert card.get_attribute("target") == "_blank"
+    assert set((card.get_attribute("rel") or "").split()) >= {"noopener", "noreferrer"}
+    assert SENT_TITLE in card.inner_text()
+
+    screenshot(page, f"citizen-{slug}-call")
+    screenshot(staff.page, f"staff-console-viewer-{slug}")
+
+    if ender == "citizen":
+        citizen.end()
+    else:
+        staff.page.click(tid("end-call"))
+    citizen.wait_status("ended")
+    staff.page.wait_for_selector('[data-testid="viewer-status"][data-state="ended"]')
+    assert staff.wait_state(cid, "ended") == "ended"
+    assert staff.row(cid).locator(tid("consultation-deadline")).count() == 1
+    assert page.locator(tid("link-card")).count() == 1  # the sent link stays usable
+    # The camera is released once the call is over.
+    assert page.evaluate("""() => { const v = document.querySelector('[data-testid=local-preview]');
+        return !v.srcObject; }""") is True
+    screenshot(page, f"citizen-{slug}-ended")
+
+    # The link is dead now: the same device gets the refusal page.
+    response = citizen.goto(link)
+    assert response is not None and response.status in (404, 410)
+    assert citizen.status() == "refused"
+
+
+def test_unsupported_browser_screen(browser_server: Any, browsers: Browsers) -> None:
+    staff = _staff(browser_server, browsers)
+    link = staff.link(staff.create("090-3456-7890"))
+    citizen = browsers.citizen("Pixel 7", init_script=(
+        "delete window.RTCPeerConnection; window.RTCPeerConnection = undefined;"))
+    citizen.goto(link)
+    assert citizen.wait_status("unsupported") == "unsupported"
+    assert "Safari" in citizen.page.inner_text(tid("message-body"))
+
+
+def test_camera_denied_screen(browser_server: Any, browsers: Browsers,
+                              browser_no_media: Any) -> None:
+    staff = _staff(browser_server, browsers)
+    link = staff.link(staff.create("090-4567-8901"))
+    citizen = browsers.citizen("iPhone 13", browser=browser_no_media)
+    citizen.goto(link)
+    citizen.wait_status("consent")
+    citizen.page.tap(tid("consent-accept"))
+    assert citizen.wait_status("denied") == "denied"
+    assert citizen.page.is_visible(tid("message-action"))  # "try again"
