@@ -493,6 +493,7 @@ async def test_redis_record_expired_by_ttl_is_still_due(
         await r.delete(redis_prefix + "c:c1", redis_prefix + "k:c1")  # as the TTL would
         assert await s.get_consultation("c1") is None
         assert await s.list_consultations("kita") == []
+        assert await r.smembers(redis_prefix + "ward:kita") == set()
         assert await s.list_data_keys() == []
         assert await s.due_consultations(T0 + 20) == ["c1"]
         assert await s.delete_consultation("c1") is True

@@ -252,15 +252,17 @@ class RedisStore:
         c = await self.get_consultation(cid)
         return c if c is not None and c.link_hash == link_hash else None
 
-    async def _many(self, ids: list[str]) -> list[Consultation]:
+    async def _many(self, ids: list[str]) -> tuple[list[Consultation], list[str]]:
+        """The consultations still stored, and the ids whose record is gone (TTL)."""
         if not ids:
-            return []
+            return [], []
         async with self._errors():
             pipe = self._r.pipeline(transaction=False)
             for cid in ids:
                 pipe.hgetall(self._k("c", cid))
             raws = await pipe.execute()
-        return [decode_fields(raw) for raw in raws if raw]
+        found = [decode_fields(raw) for raw in raws if raw]
+        return found, [cid for cid, raw in zip(ids, raws, strict=True) if not raw]
 
     async def list_consultations(self, ward: str | None = None) -> list[Consultation]:
         async with self._errors():
@@ -268,7 +270,10 @@ class RedisStore:
                 ids = await self._r.zrange(self._k("created"), 0, -1)
             else:
                 ids = sorted(await self._r.smembers(self._k("ward", ward)))
-        found = await self._many(list(ids))
+        found, gone = await self._many(list(ids))
+        if gone and ward is not None:  # records Redis expired: drop them from the ward set
+            async with self._errors():
+                await self._r.srem(self._k("ward", ward), *gone)
         return sorted(found, key=lambda c: (c.created_at, c.id))
 
     async def update_consultation(self, cid: str, changes: dict[str, Any],
