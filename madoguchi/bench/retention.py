@@ -134,25 +134,44 @@ async def _bench(args: argparse.Namespace, work: Path) -> int:
     return 0 if ok else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/bench retention",
-                                     description="Time one retention run over N overdue "
-                                                 "consultations with small segments.")
+def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--files", type=int, default=3, help="segments per consultation")
     parser.add_argument("--segment-bytes", type=int, default=4096)
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--dir", default="", help="work folder (default: a temporary one, "
                                                    "removed afterwards)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.count < 1 or args.files < 0 or args.segment_bytes < 0:
-        parser.error("--count must be positive, --files and --segment-bytes not negative")
+        print("bench retention: --count must be positive, --files and --segment-bytes not "
+              "negative", file=sys.stderr)
+        return 2
     if args.dir:
         work = Path(args.dir)
         work.mkdir(parents=True, exist_ok=True)
         return asyncio.run(_bench(args, work))
     with tempfile.TemporaryDirectory(prefix="madoguchi-bench-retention-") as tmp:
         return asyncio.run(_bench(args, Path(tmp)))
+
+
+DESCRIPTION = "Time one retention run over N overdue consultations with small segments."
+
+
+def register(subparsers: Any) -> None:
+    """``scripts/bench retention ...`` (the dispatcher in madoguchi/bench/__main__.py)."""
+    p = subparsers.add_parser("retention", help="delete N overdue consultations in one "
+                              "retention run (target < 60 s)", description=DESCRIPTION)
+    _add_options(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m madoguchi.bench.retention",
+                                     description=DESCRIPTION)
+    _add_options(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
