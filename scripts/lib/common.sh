@@ -17,7 +17,11 @@ ensure_venv() {
     want="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "madoguchi: installing Python packages ($extras)" >&2
-        "$PY" -m pip install -q -e "$ROOT[$extras]" >&2
+        if ! "$PY" -m pip install -q -e "$ROOT[$extras]" > "$VENV/pip-install.log" 2>&1; then
+            cat "$VENV/pip-install.log" >&2
+            echo "madoguchi: pip install failed (log above)" >&2
+            exit 1
+        fi
         echo "$want" > "$stamp"
     fi
 }
