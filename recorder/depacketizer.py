@@ -13,7 +13,7 @@ import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiortc.codecs import h264_depayload, vp8_depayload
+from aiortc.codecs import h264_depayload
 
 from recorder.bitstream import h264_is_keyframe, vp8_is_keyframe
 from sfu.interfaces import ForwardedPacket
@@ -33,6 +33,23 @@ class EncodedFrame:
     arrival: float
     ntp_time: float | None
     ssrc: object
+
+
+def vp8_depayload(payload: bytes) -> bytes:
+    """Strip the VP8 payload descriptor (RFC 7741 4.2); a fast aiortc.codecs.vp8_depayload."""
+    size = 1
+    if payload[0] & 0x80:  # X: extension byte
+        ext = payload[1]
+        size = 2
+        if ext & 0x80:  # I: picture id, 7 or 15 bits
+            size += 2 if payload[2] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            size += 1
+        if ext & 0x30:  # T or K: TID/KEYIDX
+            size += 1
+    if len(payload) <= size:
+        raise ValueError("VP8 payload descriptor without data")
+    return payload[size:]
 
 
 def _ssrc(p: ForwardedPacket) -> object:
@@ -189,10 +206,14 @@ class AudioReorder:
         ext = self._unwrap(p.sequence)
         if self._last is not None and ext <= self._last:
             return []  # duplicate or too late
-        self._n += 1
-        heapq.heappush(self._heap, (ext, self._n, p))
-        out: list[EncodedFrame] = []
         heap = self._heap
+        if not heap and (self._last is None or ext == self._last + 1):  # in order: no wait
+            self._last = ext
+            return [EncodedFrame(p.track, p.timestamp, p.payload, True, p.arrival, p.ntp_time,
+                                 _ssrc(p))]
+        self._n += 1
+        heapq.heappush(heap, (ext, self._n, p))
+        out: list[EncodedFrame] = []
         while heap and (self._last is None or heap[0][0] == self._last + 1
                         or len(heap) > AUDIO_REORDER):
             ext, _, q = heapq.heappop(heap)
