@@ -21,6 +21,7 @@ from madoguchi.clock import Clock, SystemClock
 from madoguchi.config import Config, ConfigError
 from madoguchi.logs import event
 from signalling import citizen_site, staff_site
+from signalling.httputil import ICE_SERVERS, MAX_BYTES, WEB_ROOT
 from signalling.hub import Hub
 from signalling.linktoken import SignallingTokens, load_secret
 
@@ -40,6 +41,11 @@ class Server:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self.ports: dict[str, int] = {}
+        # Built by _build(); None until then (stop() may run after a failed start).
+        self.store: Any = None
+        self.sfu: Any = None
+        self.sms: Any = None
+        self.recording: Any = None
 
     # ------------------------------------------------------------------ build
     async def _build(self) -> None:
@@ -100,15 +106,15 @@ class Server:
         app = web.Application(
             client_max_size=self.cfg.server.max_message_bytes,
             middlewares=[error_middleware, security_headers_middleware(site), *middlewares])
-        app["web_root"] = self.cfg.web_root
-        app["max_message_bytes"] = self.cfg.server.max_message_bytes
-        app["ice_servers"] = [{"urls": url} for url in self.cfg.sfu.ice_servers]
+        app[WEB_ROOT] = self.cfg.web_root
+        app[MAX_BYTES] = self.cfg.server.max_message_bytes
+        app[ICE_SERVERS] = [{"urls": url} for url in self.cfg.sfu.ice_servers]
         return app
 
     def citizen_app(self) -> web.Application:
         app = self._base_app("citizen", [])
         app[citizen_site.SERVICE] = self.service
-        app["limiter"] = citizen_site.AddressRateLimiter(self.cfg.links.lookups_per_minute)
+        app[citizen_site.LIMITER] = citizen_site.AddressRateLimiter(self.cfg.links.lookups_per_minute)
         citizen_site.add_routes(app)
         return app
 
@@ -213,15 +219,15 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if getattr(self, "recording", None) is not None:
+        if self.recording is not None:
             await self.recording.close()
-        if getattr(self, "sfu", None) is not None:
+        if self.sfu is not None:
             await self.sfu.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
-        if getattr(self, "sms", None) is not None:
+        if self.sms is not None:
             await self.sms.close()
-        if getattr(self, "store", None) is not None:
+        if self.store is not None:
             await self.store.close()
         event(log, "server_stopped")
 

@@ -20,7 +20,15 @@ from aiohttp import WSMsgType, web
 from madoguchi import metrics
 from madoguchi.logs import event
 from signalling.consultations import ConsultationError, ConsultationService, LinkRefused
-from signalling.httputil import fail, html_page, read_json, str_field
+from signalling.httputil import (
+    ICE_SERVERS,
+    MAX_BYTES,
+    WEB_ROOT,
+    fail,
+    html_page,
+    read_json,
+    str_field,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +58,15 @@ class AddressRateLimiter:
         return True
 
 
+LIMITER = web.AppKey("limiter", AddressRateLimiter)
+
+
 def _refused(reason: str) -> None:
     metrics.LINK_REFUSALS.labels(reason=reason).inc()
 
 
 def _limit(request: web.Request) -> None:
-    limiter: AddressRateLimiter = request.app["limiter"]
+    limiter: AddressRateLimiter = request.app[LIMITER]
     if not limiter.allow(request.remote or "?"):
         _refused("rate_limited")
         fail(429, "rate_limited", "Too many requests; please wait a minute.")
@@ -63,7 +74,7 @@ def _limit(request: web.Request) -> None:
 
 async def link_page(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    web_root = request.app["web_root"]
+    web_root = request.app[WEB_ROOT]
     _limit(request)
     try:
         await service.find_link(request.match_info["token"],
@@ -134,7 +145,7 @@ async def api_reconnect(request: web.Request) -> web.Response:
 
 async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
     service = request.app[SERVICE]
-    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=request.app["max_message_bytes"])
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=request.app[MAX_BYTES])
     await ws.prepare(request)
     try:
         first = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT)
@@ -151,7 +162,7 @@ async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=4401, message=b"unauthorised")
         return ws
     cid = c.id
-    await ws.send_json({"type": "ready", "ice_servers": request.app["ice_servers"],
+    await ws.send_json({"type": "ready", "ice_servers": request.app[ICE_SERVERS],
                         "recording": c.recording})
     event(log, "citizen_socket_open", consultation=cid, ward=c.ward)
     async with service.hub.citizen_subscription(cid) as queue:
@@ -212,7 +223,7 @@ def _parse(msg: Any) -> dict[str, Any] | None:
 
 
 def add_routes(app: web.Application) -> None:
-    web_root = app["web_root"]
+    web_root = app[WEB_ROOT]
     app.router.add_get("/c/{token}", link_page)
     app.router.add_post("/api/citizen/open", api_open)
     app.router.add_post("/api/citizen/consent", api_consent)

@@ -8,6 +8,11 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+# Typed application keys shared by both sites.
+WEB_ROOT = web.AppKey("web_root", Path)
+MAX_BYTES = web.AppKey("max_message_bytes", int)
+ICE_SERVERS = web.AppKey("ice_servers", list)
+
 
 def json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
@@ -32,8 +37,7 @@ def _http_error(status: int, code: str, message: str) -> web.HTTPException:
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or a clear 400/413."""
-    if request.content_length is not None and request.content_length > request.app[
-            "max_message_bytes"]:
+    if request.content_length is not None and request.content_length > request.app[MAX_BYTES]:
         fail(413, "too_large", "Request body too large.")
     try:
         raw = await request.read()

@@ -19,7 +19,15 @@ from aiohttp import WSMsgType, web
 from madoguchi.logs import event
 from signalling.auth import Authenticator, LoginError, Principal, password_change_required
 from signalling.consultations import Actor, ConsultationError, ConsultationService
-from signalling.httputil import fail, html_page, read_json, str_field
+from signalling.httputil import (
+    ICE_SERVERS,
+    MAX_BYTES,
+    WEB_ROOT,
+    fail,
+    html_page,
+    read_json,
+    str_field,
+)
 from signalling.tls import peer_certificate
 
 log = logging.getLogger(__name__)
@@ -58,7 +66,7 @@ def _consultation_error(exc: ConsultationError) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    return html_page(request.app["web_root"] / "staff" / "index.html")
+    return html_page(request.app[WEB_ROOT] / "staff" / "index.html")
 
 
 async def api_login(request: web.Request) -> web.Response:
@@ -175,11 +183,11 @@ async def api_send_link(request: web.Request) -> web.Response:
 async def staff_socket(request: web.Request) -> web.WebSocketResponse:
     service = request.app[SERVICE]
     actor = _actor(request)
-    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=request.app["max_message_bytes"])
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=request.app[MAX_BYTES])
     await ws.prepare(request)
     socket_id = secrets.token_hex(4)
     viewing: set[str] = set()
-    await ws.send_json({"type": "ready", "ice_servers": request.app["ice_servers"]})
+    await ws.send_json({"type": "ready", "ice_servers": request.app[ICE_SERVERS]})
     await _send_list(ws, service, actor)
     event(log, "staff_socket_open", staff=actor.username, ward=actor.ward)
     async with service.hub.staff_subscription() as queue:
@@ -264,7 +272,7 @@ async def _forward(ws: web.WebSocketResponse, service: ConsultationService, acto
 
 
 def add_routes(app: web.Application) -> None:
-    web_root = app["web_root"]
+    web_root = app[WEB_ROOT]
     app.router.add_get("/", index)
     app.router.add_get("/login", index)
     app.router.add_post("/api/login", api_login)
