@@ -1,9 +1,11 @@
 """One monotonic recording timeline (milliseconds) for every track and every segment.
 
 Each track's RTP timestamps are mapped to the timeline once, at its first packet (or when
-its SSRC changes, or when its timestamps jump far from the arrival clock: a new publisher
-peer after a reconnect), never re-mapped per RTCP report: re-mapping on every sender report
-is what produced the duplicate/non-monotonic DTS of aiortc's MediaRecorder (aiortc#546).
+its SSRC changes, or when its RTP time leaps by more than ``resync_seconds`` while the
+arrival clock does not: a new stream origin); RTP time is trusted after that (a delayed
+burst of packets keeps its capture timing). Never re-mapped per RTCP report: re-mapping on
+every sender report is what produced the duplicate/non-monotonic DTS of aiortc's
+MediaRecorder (aiortc#546).
 The anchor is the arrival clock, or the publisher's RTCP wall clock (``ntp_time``) when it
 is known, which keeps a publisher's audio and video in sync. Per-stream monotonic DTS is
 enforced by the recorder on top of this.
@@ -24,6 +26,7 @@ class _TrackClock:
     anchor_time: float
     last_raw: int
     ext: int
+    last_now: float = 0.0
 
 
 class Timeline:
@@ -45,13 +48,18 @@ class Timeline:
             clock = self._anchor(track, timestamp, rate, now, ntp_time, ssrc)
         else:
             delta = ((timestamp - clock.last_raw + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            clock.ext += delta
-            clock.last_raw = timestamp
+            jump = delta / rate
+            if abs(jump) > self.resync and abs(jump - (now - clock.last_now)) > self.resync:
+                # RTP time leapt and the arrival clock did not follow: a new stream origin
+                # (not a pause, whose RTP gap matches the arrival gap, and not a delayed
+                # burst, whose RTP steps stay small): map it anew.
+                self.resyncs += 1
+                clock = self._anchor(track, timestamp, rate, now, None, ssrc)
+            else:
+                clock.ext += delta
+                clock.last_raw = timestamp
+        clock.last_now = now
         seconds = clock.anchor_time + (clock.ext - clock.anchor_ext) / clock.rate
-        if abs(seconds - now) > self.resync:
-            self.resyncs += 1
-            clock = self._anchor(track, timestamp, rate, now, None, ssrc)
-            seconds = clock.anchor_time
         publisher = track.split("-", 1)[0]
         if ntp_time is not None and publisher not in self._ntp_ref:
             self._ntp_ref[publisher] = (ntp_time, seconds)
@@ -65,6 +73,6 @@ class Timeline:
             synced = ref[1] + (ntp_time - ref[0])
             if abs(synced - now) <= self.resync:
                 when = synced
-        clock = _TrackClock(rate, ssrc, timestamp, when, timestamp, timestamp)
+        clock = _TrackClock(rate, ssrc, timestamp, when, timestamp, timestamp, now)
         self._tracks[track] = clock
         return clock

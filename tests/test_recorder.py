@@ -22,6 +22,7 @@ from recorder.layout import segment_files
 from recorder.manifest import read_manifest
 from recorder.recorder import Recorder
 from recorder.segment import open_segment
+from recorder.timeline import Timeline
 from recorder.verify import verify_recording
 from sfu.interfaces import ForwardedPacket
 from tests.fixtures.media import EncodedClip, forwarded_packets
@@ -238,3 +239,26 @@ async def test_closing_without_media_and_unknown_input(tmp_path: Path) -> None:
     assert rec.status == "stopped"
     report = verify_recording(tmp_path, CID, key)
     assert report.ok and report.segments == 0
+
+
+def test_timeline_maps_rtp_time_once() -> None:
+    """Pauses and delayed bursts keep RTP timing; only a leap of the RTP origin remaps."""
+    tl = Timeline()
+    ms = [tl.to_ms("citizen-video", 1000 + 3000 * i, 90000, 50.0 + i / 30) for i in range(30)]
+    assert ms == [round(i * 1000 / 30) for i in range(30)]
+    # a 3 s stall delivered as a burst: capture times are kept, not arrival times
+    burst = [tl.to_ms("citizen-video", 1000 + 3000 * i, 90000, 54.0 + (i - 30) * 0.001)
+             for i in range(30, 120)]
+    assert burst == [round(i * 1000 / 30) for i in range(30, 120)]
+    # a pause: RTP and arrival both move on 5 s
+    assert tl.to_ms("citizen-video", 1000 + 3000 * 270, 90000, 59.0) == 9000
+    # a new RTP origin without an SSRC change: mapped anew at the arrival clock
+    assert tl.to_ms("citizen-video", 123456789, 90000, 59.5) == 9500
+    assert tl.to_ms("citizen-video", 123456789 + 90000, 90000, 60.5) == 10500
+    assert tl.resyncs == 1
+    # another track starts on the same timeline, at its arrival
+    assert tl.to_ms("staff-audio", 77, 48000, 55.0) == 5000
+    # with the publisher's RTCP clock, a second track of the same publisher is placed by it
+    tl2 = Timeline()
+    assert tl2.to_ms("citizen-video", 0, 90000, 10.0, ntp_time=1000.0) == 0
+    assert tl2.to_ms("citizen-audio", 0, 48000, 10.3, ntp_time=1000.1) == 100
