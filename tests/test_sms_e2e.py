@@ -1,7 +1,8 @@
 """End to end over a real Kannel: staff create a consultation on the real server → one
 Japanese SMS segment reaches the fake carrier with a working link → the delivery report
-moves the consultation to delivered; with the gateway down staff see a clear error, the
-server keeps running, and a resend after the gateway is back delivers."""
+moves the consultation to delivered; with the carrier link down the SMS is queued and
+delivered on reconnect; with the gateway down staff see a clear error, the server keeps
+running, and a resend after the gateway is back delivers."""
 
 from __future__ import annotations
 
@@ -83,6 +84,17 @@ async def test_consultation_sms_and_delivery_over_kannel(kannel: Kannel, server_
         assert link.startswith(server.citizen_url + "/c/")
         assert await open_link(server, link) == 200  # the link in the SMS works
 
+        # Carrier link down: Kannel queues the message; it is delivered on reconnect.
+        await asyncio.to_thread(kannel.stop_fakesmsc)
+        queued = await staff.post("/api/consultations", {"phone": PHONE})
+        register_secret(queued["link"].rsplit("/c/", 1)[1])
+        assert queued["sms_status"] == "queued" and queued["state"] == "sms_sent"
+        await asyncio.sleep(0.5)
+        assert len(kannel.received()) == 1
+        await asyncio.to_thread(kannel.start_fakesmsc)
+        await wait_consultation(staff, queued["id"], "sms_status", "delivered")
+        assert kannel.received()[-1].text.endswith(queued["link"])
+
         # Gateway down: a clear error for staff, the server keeps running.
         await asyncio.to_thread(kannel.stop)
         started = time.monotonic()
@@ -102,4 +114,4 @@ async def test_consultation_sms_and_delivery_over_kannel(kannel: Kannel, server_
         assert again["sms_status"] == "sent" and again["state"] == "sms_sent"
         await wait_consultation(staff, down["id"], "sms_status", "delivered")
         texts = [p.text for p in kannel.received()]
-        assert texts[-1].endswith(again["link"]) and len(texts) == 2
+        assert texts[-1].endswith(again["link"]) and len(texts) == 3
