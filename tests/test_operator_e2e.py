@@ -152,3 +152,31 @@ async def test_prometheus_sees_a_live_consultation(madoguchi_server: ServerHandl
     assert alert_metrics - {"up"} - exported == set()
     labels = await asyncio.to_thread(prom.api, "labels")
     assert not {"consultation", "phone", "token", "id"} & set(labels)
+
+
+async def test_readyz_on_a_real_server(madoguchi_server: ServerHandle) -> None:
+    """/healthz and /readyz of `madoguchi serve`: every dependency ok, then the recording
+    folder disappears (for a moment) and /readyz says which check fails, briefly, without
+    a traceback."""
+    server = madoguchi_server
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.operator_url + "/healthz") as r:
+            assert (r.status, await r.text()) == (200, "ok")
+        async with session.get(server.operator_url + "/readyz") as r:
+            body = await r.json()
+            assert r.status == 200, body
+        assert {"store", "sms_gateway", "recording_folder", "kek"} <= set(body)
+        assert set(body.values()) == {"ok"}
+
+        recordings = server.data_dir / "recordings"
+        moved = recordings.with_name("recordings-away")
+        recordings.rename(moved)
+        try:
+            async with session.get(server.operator_url + "/readyz") as r:
+                body = await r.json()
+                assert r.status == 503
+        finally:
+            moved.rename(recordings)
+        assert body["recording_folder"] == "folder missing"
+        assert body["store"] == "ok" and body["kek"] == "ok"
+        assert all(len(v) < 80 and "Traceback" not in v for v in body.values())
