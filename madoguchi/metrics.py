@@ -44,6 +44,9 @@ RECORDING_BYTES = Counter("madoguchi_recording_bytes_total",
                           "Encrypted segment bytes written")
 RECORDING_SEGMENTS = Counter("madoguchi_recording_segments_total",
                              "Encrypted segments written")
+# recorder/recorder.py failure_reason() and recorder/service.py use exactly these
+RECORDING_ERROR_REASONS = ("disk_full", "unwritable", "io_error", "mux", "key", "key_store",
+                           "bad_existing_recording", "internal")
 RECORDING_ERRORS = Counter("madoguchi_recording_errors_total",
                            "Recording failures (mux, encrypt, write)", ["reason"])
 RECORDING_ENCRYPT_SECONDS = Histogram(
@@ -111,6 +114,8 @@ for _reason in LINK_REFUSAL_REASONS:
     LINK_REFUSALS.labels(reason=_reason)
 for _reason in SMS_FAILURE_REASONS:  # increase() in alerts misses a series' first value
     SMS_FAILED.labels(reason=_reason)
+for _reason in RECORDING_ERROR_REASONS:
+    RECORDING_ERRORS.labels(reason=_reason)
 for _result in LOGIN_RESULTS:
     LOGINS.labels(result=_result)
 for _kind in RETENTION_DELETION_KINDS:

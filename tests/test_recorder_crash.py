@@ -253,3 +253,22 @@ def test_recorder_cannot_overwrite_another_keys_recording(rec_vp8_clip: EncodedC
     assert asyncio.run(run(second)).status == "failed"
     assert {p.name: p.read_bytes() for p in (tmp_path / CID).iterdir()} == before
     assert verify_recording(tmp_path, CID, first).ok
+
+
+def test_failure_reasons_are_the_bounded_metric_labels() -> None:
+    import errno
+
+    import av
+
+    from recorder.recorder import _Failure, failure_reason
+    from recorder.segment import SegmentError
+    cases = [OSError(errno.ENOSPC, "x"), OSError(errno.EDQUOT, "x"), OSError(errno.EACCES, "x"),
+             OSError(errno.EROFS, "x"), OSError(errno.EIO, "x"), PermissionError(errno.EPERM, "x"),
+             av.error.InvalidDataError(1, "x"), SegmentError("x"), ValueError("x"),
+             _Failure("bad_existing_recording", "x")]
+    reasons = [failure_reason(exc)[0] for exc in cases]
+    assert reasons == ["disk_full", "disk_full", "unwritable", "unwritable", "io_error",
+                       "unwritable", "mux", "bad_existing_recording", "internal",
+                       "bad_existing_recording"]
+    assert set(reasons) | {"key", "key_store"} <= set(metrics.RECORDING_ERROR_REASONS)
+    assert failure_reason(OSError(errno.ENOSPC, "/secret/path"))[1] == "ENOSPC"
