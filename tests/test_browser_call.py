@@ -25,6 +25,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SENT_URL = "https://www.city.example.lg.jp/kosodate/hoiku/moushikomi.html"
 SENT_TITLE = "保育所等の入所申込について"
+MIC_ENABLED_JS = """() => {
+  const pc = window.__pcs.filter((p) => p.connectionState !== 'closed').pop();
+  const sender = pc.getSenders().find((s) => s.track && s.track.kind === 'audio');
+  return sender.track.enabled;
+}"""
 
 
 def _staff(browser_server: Any, browsers: Browsers) -> StaffConsole:
@@ -52,6 +57,9 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
     assert "****" in staff.row(cid).locator(tid("consultation-phone")).inner_text()
 
     citizen: CitizenPage = browsers.citizen(device)
+    refused: list[str] = []
+    citizen.page.on("console", lambda m: refused.append(m.text)
+                    if "Content Security Policy" in m.text or "Refused to" in m.text else None)
     response = citizen.goto(link)
     assert response is not None and response.status == 200
     citizen.wait_status("consent")
@@ -62,6 +70,11 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
     print(f"\n[{device}] consent title rendered with: {fonts}")
     assert _cjk(fonts), fonts
     screenshot(page, f"citizen-{slug}-consent")
+    page.tap(tid("lang-switch"))
+    assert page.inner_text(tid("consent-accept")) == "Agree and start"
+    assert page.get_attribute("html", "lang") == "en"
+    page.tap(tid("lang-switch"))
+    assert page.inner_text(tid("consent-accept")) == "同意して開始"
     staff.wait_state(cid, "opened")
     assert not staff.row(cid).locator(tid("consultation-link")).count()  # opened: link hidden
 
@@ -105,6 +118,14 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
     assert set((card.get_attribute("rel") or "").split()) >= {"noopener", "noreferrer"}
     assert SENT_TITLE in card.inner_text()
 
+    # Mute on either side disables the microphone track that is being sent.
+    for who, hook in ((page, "mute"), (staff.page, "mute-mic")):
+        who.locator(tid(hook)).click()
+        assert who.get_attribute(tid(hook), "aria-pressed") == "true"
+        assert who.evaluate(MIC_ENABLED_JS) is False
+        who.locator(tid(hook)).click()
+        assert who.evaluate(MIC_ENABLED_JS) is True
+
     screenshot(page, f"citizen-{slug}-call")
     screenshot(staff.page, f"staff-console-viewer-{slug}")
 
@@ -121,6 +142,7 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
     assert page.evaluate("""() => { const v = document.querySelector('[data-testid=local-preview]');
         return !v.srcObject; }""") is True
     screenshot(page, f"citizen-{slug}-ended")
+    assert refused == [], refused  # no CSP violation on the citizen page
 
     # The link is dead now: the same device gets the refusal page.
     response = citizen.goto(link)

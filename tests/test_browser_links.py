@@ -1,6 +1,6 @@
 """Citizen links in a real browser (issue 5): expired, revoked, resent, tampered, used on a
 second device, used after the call — all show the refusal page; the bound device comes
-back after a reload."""
+back after a reload and after a lost connection."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def _assert_refused(citizen: CitizenPage, url: str, state: str = "refused") -> N
     text = citizen.page.inner_text("main")
     assert "このリンクは使えません" in text
     assert not citizen.page.locator(tid("consent-accept")).count()
+
+
+def _assert_video_flows(staff: StaffConsole, when: str) -> None:
+    frames = staff.video_sample()["frames"]
+    deadline = time.monotonic() + 10
+    while staff.video_sample()["frames"] <= frames + 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert staff.video_sample()["frames"] > frames + 5, f"no video {when}"
 
 
 def _tamper(url: str) -> str:
@@ -104,11 +112,13 @@ def test_second_device_reload_and_after_the_call(browser_server: Any,
     phone.page.tap(tid("start-call"))
     phone.wait_status("live")
     assert staff.state(cid) == "live"
-    frames = staff.video_sample()["frames"]
-    deadline = time.monotonic() + 10
-    while staff.video_sample()["frames"] <= frames and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert staff.video_sample()["frames"] > frames, "no video after the reconnect"
+    _assert_video_flows(staff, "after the reload")
+
+    # The connection drops (signalling and media): the page reconnects by itself.
+    phone.cut_connections()
+    phone.wait_status("reconnecting", "connecting")
+    phone.wait_status("live")
+    _assert_video_flows(staff, "after the connection was lost")
 
     staff.page.click(tid("end-call"))
     phone.wait_status("ended")
