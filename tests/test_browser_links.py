@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.browser import Browsers, CitizenPage, StaffConsole, off_loop, tid
+from tests.fixtures.browser import (
+    Browsers,
+    CitizenPage,
+    StaffConsole,
+    off_loop,
+    screenshot,
+    tid,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -55,6 +62,7 @@ def test_tampered_and_revoked_links(browser_server: Any, browsers: Browsers) -> 
     base = link.rsplit("/", 1)[0]
     for bad in (_tamper(link), base + "/short", base + "/" + "A" * 60, base + "/%E2%80%8B"):
         _assert_refused(citizen, bad)
+    screenshot(citizen.page, "citizen-pixel-refused")
 
     # Revoked while the page is open: the consent tap shows the same refusal in-page.
     citizen.goto(link)
@@ -101,6 +109,7 @@ def test_second_device_reload_and_after_the_call(browser_server: Any,
     # Another device (its own cookies) after consent: "already in use".
     other = browsers.citizen("Pixel 7")
     _assert_refused(other, link, state="in_use")
+    screenshot(other.page, "citizen-pixel-in-use")
 
     # The bound device reloads: no second consent, "return to the call", live again.
     staff.open_viewer(cid)
