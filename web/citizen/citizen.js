@@ -146,7 +146,7 @@ function stopEverything() {
 function finalScreen(key) {
   state.over = true;
   stopEverything();
-  showMessage(key);
+  showMessage(key, { body: key === "ended" && !state.recording ? "ended_norec" : key });
 }
 
 function apiFailure(err, retry) {
