@@ -204,7 +204,13 @@ async def test_an_unprotected_route_would_be_caught(pki: Pki, tmp_path: Path) ->
 # ---------------------------------------------------------------------------- ward isolation
 
 
+_ADDED: set[tuple[int, str]] = set()
+
+
 def add_account(server: ServerHandle, username: str, ward: str) -> None:
+    if (server.staff_port, username) in _ADDED:
+        return
+    _ADDED.add((server.staff_port, username))
     proc = server.cli("staff", "add", username, "--ward", ward, input=FIRST_PASSWORD + "\n",
                       check=False)
     assert proc.returncode == 0 or "exists" in proc.stderr, proc.stderr
@@ -213,11 +219,15 @@ def add_account(server: ServerHandle, username: str, ward: str) -> None:
 async def staff_login(server: ServerHandle, username: str) -> StaffClient:
     client = StaffClient(server)
     await client.__aenter__()
-    new_password = f"{username}-secret-pass-1"
-    if await client.login(username, new_password, allow_fail=True) is None:
-        await client.login(username, FIRST_PASSWORD)
-        await client.post("/api/password", {"old_password": FIRST_PASSWORD,
-                                            "new_password": new_password})
+    new_password = "Secret pass for " + username[::-1]
+    try:
+        if await client.login(username, new_password, allow_fail=True) is None:
+            await client.login(username, FIRST_PASSWORD)
+            await client.post("/api/password", {"old_password": FIRST_PASSWORD,
+                                                "new_password": new_password})
+    except BaseException:
+        await client.__aexit__(None, None, None)
+        raise
     return client
 
 
@@ -226,7 +236,11 @@ async def wards(security_server: ServerHandle) -> Any:
     add_account(security_server, "nada-1", "灘区")
     add_account(security_server, "tarumi-1", "垂水区")
     nada = await staff_login(security_server, "nada-1")
-    tarumi = await staff_login(security_server, "tarumi-1")
+    try:
+        tarumi = await staff_login(security_server, "tarumi-1")
+    except BaseException:
+        await nada.__aexit__(None, None, None)
+        raise
     yield nada, tarumi
     await nada.__aexit__(None, None, None)
     await tarumi.__aexit__(None, None, None)
