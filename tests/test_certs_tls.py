@@ -279,3 +279,35 @@ def test_expired_or_future_crl_is_a_clear_error(fresh_pki: Pki) -> None:
             staff_ssl_context(fresh_pki.tls_config())
     ca.write_crl()
     staff_ssl_context(fresh_pki.tls_config())
+
+
+@pytest.mark.slow
+async def test_cli_revocation_reaches_the_running_server(fresh_pki: Pki, tmp_path) -> None:
+    """`madoguchi certs revoke` while `madoguchi serve` runs: new handshakes with that
+    certificate fail within a few reload periods, and its logged-in keep-alive connection
+    gets 401; other office PCs carry on."""
+    from tests.fixtures.ports import stop_process
+    from tests.fixtures.server import StaffClient, start_server
+
+    server = await asyncio.to_thread(start_server, tmp_path / "srv", fresh_pki.dev,
+                                     None, "revocation-server")
+    try:
+        async with StaffClient(server, fresh_pki.second.cert, fresh_pki.second.key) as pc2:
+            await pc2.login()
+            assert (await pc2.get("/api/me"))["username"] == server.username
+            revoke = await asyncio.to_thread(server.cli, "certs", "revoke", "staff-pc2",
+                                             "--dir", str(fresh_pki.dev.dir))
+            assert "Revoked staff-pc2" in revoke.stdout
+            ctx = fresh_pki.client_context(fresh_pki.second)
+            for _ in range(100):
+                if refused(await raw_get(server.staff_port, ctx, "/api/me")):
+                    break
+                await asyncio.sleep(0.1)
+            assert refused(await raw_get(server.staff_port, ctx, "/api/me"))
+            status, body = await pc2.get("/api/me", check=False)
+            assert (status, body["error"]) == (401, "login_required")
+        other = await raw_get(server.staff_port, fresh_pki.client_context(fresh_pki.valid),
+                              "/api/me")
+        assert isinstance(other, bytes) and other.startswith(b"HTTP/1.1 401")
+    finally:
+        stop_process(server.proc, timeout=15)
