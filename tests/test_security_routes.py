@@ -351,3 +351,43 @@ async def test_headers_on_every_citizen_answer(security_server: ServerHandle,
                     assert r.content_type == "text/html"
     await tarumi.post(f"/api/consultations/{created['id']}/revoke")
 
+
+
+# ---------------------------------------------------------------------------- audit log
+
+
+async def test_server_audit_log_has_the_staff_actions_and_no_personal_data(
+        security_server: ServerHandle, wards: Any, pki: Pki) -> None:
+    from tests.fixtures.privacy import scan_text
+
+    nada, tarumi = wards
+    register_secret(PHONE)
+    async with StaffClient(security_server) as wrong:
+        assert await wrong.login("nada-1", "not the password at all", allow_fail=True) is None
+    created = await tarumi.post("/api/consultations", {"phone": PHONE})
+    cid = created["id"]
+    token = created["link"].rsplit("/", 1)[1]
+    register_secret(token)
+    await tarumi.post(f"/api/consultations/{cid}/revoke")
+
+    path = security_server.data_dir / "audit.log"
+    text = path.read_text(encoding="utf-8")
+    entries = [json.loads(line) for line in text.splitlines()]
+    by_action: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_action.setdefault(e["action"], []).append(e)
+    # account changes from the CLI
+    assert {e["target"] for e in by_action["account_added"]} >= {"admin", "nada-1", "tarumi-1"}
+    # logins, with the certificate serial of the office PC
+    ok = [e for e in by_action["login_ok"] if e["staff"] == "tarumi-1"]
+    assert ok and ok[-1]["ward"] == "垂水区" and ok[-1]["cert_serial"] == pki.valid.serial
+    failed = [e for e in by_action["login_failed"] if e.get("staff") == "nada-1"]
+    assert failed and failed[-1]["result"] == "wrong_password"
+    assert any(e["staff"] == "tarumi-1" for e in by_action["password_changed"])
+    # consultation actions carry the consultation id, staff, ward and certificate serial
+    mine = [e for e in entries if e.get("consultation") == cid]
+    assert [e["action"] for e in mine] == ["create_consultation", "revoke_link"]
+    assert all(e["staff"] == "tarumi-1" and e["ward"] == "垂水区"
+               and e["cert_serial"] == pki.valid.serial for e in mine)
+    # and never a phone number or a link token
+    assert scan_text(text, str(path), [PHONE, PHONE.replace("-", ""), token]) == []
