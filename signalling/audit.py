@@ -101,8 +101,12 @@ class AuditLog:
     """Append-only JSON-lines audit log kept for ``keep_days``."""
 
     def __init__(self, path: str | os.PathLike[str], clock: Clock, keep_days: int = 365,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, auto_prune_seconds: float | None = 86400.0) -> None:
+        """``auto_prune_seconds``: ``write`` also prunes when this long has passed since
+        the last prune by this object (None: only explicit ``prune()`` calls)."""
         self.path = Path(path)
+        self.auto_prune_seconds = auto_prune_seconds
+        self._last_prune = float("-inf")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.clock = clock
         self.keep_days = keep_days
@@ -161,6 +165,12 @@ class AuditLog:
                     os.close(fd)
             finally:
                 os.close(lock_fd)
+        if self.auto_prune_seconds is not None and \
+                self.clock.now() - self._last_prune >= self.auto_prune_seconds:
+            try:
+                self.prune()
+            except OSError as exc:
+                event(log, "audit_prune_failed", logging.ERROR, reason=type(exc).__name__)
         return rec
 
     def entries(self) -> Iterator[dict[str, Any]]:
@@ -178,7 +188,8 @@ class AuditLog:
 
     def prune(self) -> int:
         """Remove entries older than ``keep_days``; returns how many were removed."""
-        cutoff = self.clock.now() - self.keep_days * 86400
+        self._last_prune = self.clock.now()
+        cutoff = self._last_prune - self.keep_days * 86400
         with self._thread_lock:
             lock_fd = self._locked()
             try:

@@ -85,7 +85,8 @@ def test_phone_pattern() -> None:
 
 
 def test_prune_keeps_the_configured_period(tmp_path: Path, clock: ManualClock) -> None:
-    log = AuditLog(tmp_path / "audit.log", clock, keep_days=10, fsync=False)
+    log = AuditLog(tmp_path / "audit.log", clock, keep_days=10, fsync=False,
+                   auto_prune_seconds=None)
     for day in range(15):
         log.write("login_ok", staff="tanaka", detail=f"day {day}")
         clock.advance(86400)
@@ -117,3 +118,14 @@ def test_concurrent_writers_do_not_interleave(tmp_path: Path) -> None:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     assert len(lines) == 600
     assert len({json.loads(x)["detail"] for x in lines}) == 600
+
+
+def test_writing_prunes_once_a_day(tmp_path: Path, clock: ManualClock) -> None:
+    log = AuditLog(tmp_path / "audit.log", clock, keep_days=2, fsync=False)
+    for hour in range(24 * 5):
+        log.write("tick", detail=f"h{hour}")
+        clock.advance(3600)
+    ages = [clock.now() - e["ts"] for e in log.entries()]
+    # never more than keep_days + one day (the pruning interval) old
+    assert max(ages) <= 3 * 86400 + 3600
+    assert len(ages) < 24 * 5
