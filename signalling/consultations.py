@@ -412,13 +412,22 @@ class ConsultationService:
             await self._close_room(c.id)
 
     async def expire_due(self) -> int:
-        """Mark links past their lifetime expired (so staff lists update without a visit)."""
+        """Housekeeping, every few seconds: expire links past their lifetime (so staff lists
+        update without a visit); keep the deadline of a running call one period ahead (a
+        call is never deleted while it runs); end calls whose room is gone (a restart), so
+        their deadline starts to run."""
         count = 0
         now = self.clock.now()
         for c in await self.store.list_consultations(None):
             if c.state in (CREATED, SMS_SENT, OPENED, CONSENTED) and now >= c.link_expires_at:
                 await self._expire(c)
                 count += 1
+            elif c.state == LIVE and c.id not in self._rooms_wired:
+                await self.end(c.id, "server_restart")
+                count += 1
+            elif c.state == LIVE and c.deadline < now + self.period - 60:
+                await self.store.update_consultation(c.id, {"deadline": now + self.period},
+                                                     expect_states=(LIVE,))
         return count
 
     def _wire_room(self, c: Consultation, room: Room) -> None:

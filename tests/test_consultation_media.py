@@ -108,3 +108,45 @@ async def test_staff_socket_needs_login_and_origin(madoguchi_server: ServerHandl
             raise AssertionError("a cross-origin socket was accepted")
         except aiohttp.WSServerHandshakeError as exc:
             assert exc.status == 403
+
+
+async def test_a_call_cut_by_a_crash_ends_and_gets_its_deadline(server_factory,
+                                                                vp8_clip: Clip) -> None:
+    """SIGKILL the server mid-call; after the restart the call is ended (reason
+    server_restart) and its deletion deadline runs from then, so nothing lingers."""
+    import signal
+
+    from tests.fixtures.ports import stop_process
+    from tests.fixtures.server import start_server
+
+    server = server_factory(name="crash")
+    async with StaffClient(server) as staff:
+        await staff.login()
+        c = await create(staff, "070-1111-2222")
+    phone = Citizen(server)
+    citizen = citizen_client(vp8_clip)
+    try:
+        _, consent = await phone.post("/api/citizen/consent", {"token": token_of(c["link"])})
+        ws = await phone.socket(consent["signalling_token"])
+        await receive(ws, "ready")
+        await ws.send_json({"type": "offer", "sdp": await citizen.offer()})
+        await citizen.accept((await receive(ws, "answer"))["sdp"])
+        await asyncio.wait_for(citizen.connected.wait(), 15)
+        async with StaffClient(server) as staff:
+            await staff.login()
+            assert (await _wait_state(staff, c["id"], "live"))["state"] == "live"
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        await citizen.close()
+        await phone.close()
+    again = await asyncio.get_running_loop().run_in_executor(
+        None, start_server, server.config_path.parent, server.certs, None, "crash-restart")
+    try:
+        async with StaffClient(again) as staff:
+            await staff.login()
+            ended = await _wait_state(staff, c["id"], "ended", timeout=20)
+            assert ended["state"] == "ended" and ended["end_reason"] == "server_restart"
+            assert ended["deadline"] <= ended["times"]["ended"] + 24 * 3600 + 1
+    finally:
+        stop_process(again.proc, timeout=15)
