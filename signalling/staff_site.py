@@ -132,40 +132,25 @@ async def api_create(request: web.Request) -> web.Response:
     return web.json_response(service.view(c), status=201)
 
 
-async def api_get(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    try:
-        c = await service.get_for(_actor(request), request.match_info["cid"])
-    except ConsultationError as exc:
-        return _consultation_error(exc)
-    return web.json_response(service.view(c))
+def _consultation_action(method: str) -> Any:
+    """A handler calling ``service.<method>(actor, cid)`` and answering the consultation."""
+
+    async def handler(request: web.Request) -> web.Response:
+        service = request.app[SERVICE]
+        try:
+            c = await getattr(service, method)(_actor(request), request.match_info["cid"])
+        except ConsultationError as exc:
+            return _consultation_error(exc)
+        return web.json_response(service.view(c))
+
+    handler.__name__ = f"api_{method}"
+    return handler
 
 
-async def api_end(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    try:
-        c = await service.staff_end(_actor(request), request.match_info["cid"])
-    except ConsultationError as exc:
-        return _consultation_error(exc)
-    return web.json_response(service.view(c))
-
-
-async def api_resend(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    try:
-        c = await service.resend(_actor(request), request.match_info["cid"])
-    except ConsultationError as exc:
-        return _consultation_error(exc)
-    return web.json_response(service.view(c))
-
-
-async def api_revoke(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    try:
-        c = await service.revoke(_actor(request), request.match_info["cid"])
-    except ConsultationError as exc:
-        return _consultation_error(exc)
-    return web.json_response(service.view(c))
+api_get = _consultation_action("get_for")
+api_end = _consultation_action("staff_end")
+api_resend = _consultation_action("resend")
+api_revoke = _consultation_action("revoke")
 
 
 async def api_send_link(request: web.Request) -> web.Response:
