@@ -213,7 +213,8 @@ def is_websocket_upgrade(request: web.Request) -> bool:
 
 
 def csrf_middleware(allowed_origin: str | Iterable[str] | Callable[[], Iterable[str]] | None,
-                    authenticator: Any = None) -> Middleware:
+                    authenticator: Any = None,
+                    token_exempt: Iterable[str] = ("/api/login",)) -> Middleware:
     """Refuse cross-site requests on the staff site.
 
     - every state-changing method (not GET/HEAD/OPTIONS) needs an allowed ``Origin`` and,
@@ -225,7 +226,9 @@ def csrf_middleware(allowed_origin: str | Iterable[str] | Callable[[], Iterable[
     ``allowed_origin``: one origin, several, a callable returning them (ports known only
     after listening), or None for the request's own ``scheme://host``. ``authenticator``
     provides ``authenticate(request)``; without one, ``request["principal"]`` is used.
+    ``token_exempt``: paths checked by Origin only (logging in again over a live session).
     """
+    exempt = frozenset(token_exempt)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -239,6 +242,8 @@ def csrf_middleware(allowed_origin: str | Iterable[str] | Callable[[], Iterable[
         if not origin_allowed(request, allowed_origin):
             _refused(request, "origin")
             return json_error(403, "bad_origin", "Cross-origin request refused.")
+        if request.path in exempt:
+            return await handler(request)
         principal = request.get("principal")
         if principal is None and authenticator is not None:
             principal = await authenticator.authenticate(request)

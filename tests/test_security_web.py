@@ -282,3 +282,16 @@ async def test_same_origin_websocket_accepted(staff: dict[str, Any]) -> None:
             staff["base"].replace("https", "wss") + "/ws/staff",
             headers={"Cookie": f"{SESSION_COOKIE}={cookie}"}, origin=staff["origin"]) as ws:
         assert (await ws.receive_str()) == "hello"
+
+
+async def test_logging_in_again_over_a_live_session_needs_origin_only(
+        staff: dict[str, Any]) -> None:
+    cookie, _ = await _login(staff)
+    headers = {"Cookie": f"{SESSION_COOKIE}={cookie}", "Origin": staff["origin"]}
+    async with staff["http"].post(staff["base"] + "/api/login", headers=headers,
+                                  json={"username": "tanaka", "password": PASSWORD}) as r:
+        assert r.status == 200
+    headers["Origin"] = "https://evil.example"
+    async with staff["http"].post(staff["base"] + "/api/login", headers=headers,
+                                  json={"username": "tanaka", "password": PASSWORD}) as r:
+        assert r.status == 403
