@@ -141,11 +141,11 @@ class Server:
         return {f"https://localhost:{port}", f"https://127.0.0.1:{port}"}
 
     def operator_app(self) -> web.Application:
-        from madoguchi.operator import folder_writable, operator_app
+        from madoguchi.operator import folder_writable, operator_app, store_reachable
         from signalling.sms.dlr import dlr_routes, load_dlr_secret
 
         checks: dict[str, Callable[[], Awaitable[None]]] = {
-            "store": self.store.ping,
+            "store": store_reachable(self.store),
             "sms_gateway": self.sms.check,
         }
         if self.recording is not None:
