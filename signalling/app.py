@@ -102,10 +102,15 @@ class Server:
         asyncio.ensure_future(self.service.set_recording_status(cid, status))
 
     def _base_app(self, site: str, middlewares: list[Any]) -> web.Application:
-        from signalling.websecurity import error_middleware, security_headers_middleware
+        from signalling.websecurity import (
+            error_middleware,
+            install_security,
+            security_headers_middleware,
+        )
         app = web.Application(
             client_max_size=self.cfg.server.max_message_bytes,
             middlewares=[error_middleware, security_headers_middleware(site), *middlewares])
+        install_security(app, site)  # headers on WebSocket and streamed answers too
         app[WEB_ROOT] = self.cfg.web_root
         app[MAX_BYTES] = self.cfg.server.max_message_bytes
         app[ICE_SERVERS] = [{"urls": url} for url in self.cfg.sfu.ice_servers]

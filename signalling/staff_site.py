@@ -33,6 +33,7 @@ from signalling.tls import peer_certificate
 log = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("service", ConsultationService)
+REVALIDATE_SECONDS = 30.0
 AUTH = web.AppKey("auth", Authenticator)
 
 # Routes reachable with a client certificate but without a login session.
@@ -73,12 +74,9 @@ async def api_login(request: web.Request) -> web.Response:
     data = await read_json(request)
     username = str_field(data, "username", 64)
     password = str_field(data, "password", 1024)
-    cert = peer_certificate(request)
-    if cert is None:  # cannot happen behind CERT_REQUIRED; refuse rather than assume
-        fail(401, "no_certificate", "A client certificate is required.")
     try:
-        session, cookie, account = await request.app[AUTH].login(
-            username, password, cert[0], cert[1])
+        session, cookie, account = await request.app[AUTH].login_request(
+            request, username, password)
     except LoginError as exc:
         status = 429 if exc.code == "rate_limited" else 401
         fail(status, exc.code, exc.message)
@@ -177,6 +175,7 @@ async def staff_socket(request: web.Request) -> web.WebSocketResponse:
     event(log, "staff_socket_open", staff=actor.username, ward=actor.ward)
     async with service.hub.staff_subscription() as queue:
         pusher = asyncio.ensure_future(_push(ws, queue, service, actor))
+        guard = asyncio.ensure_future(_revalidate(ws, request))
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -189,14 +188,33 @@ async def staff_socket(request: web.Request) -> web.WebSocketResponse:
                     await ws.send_json({"type": "error", "error": "bad_message",
                                         "message": "Messages must be JSON objects."})
                     continue
+                if await request.app[AUTH].revalidate(request) is None:
+                    await _session_ended(ws)
+                    break
                 await _handle_staff(ws, service, actor, socket_id, viewing, data)
         finally:
-            pusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pusher
+            for task in (pusher, guard):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             for cid in viewing:
                 await service.staff_leave(cid, f"{actor.username}:{socket_id}")
     return ws
+
+
+async def _revalidate(ws: web.WebSocketResponse, request: web.Request) -> None:
+    """A socket must not outlive its session: logout, timeouts, a disabled account or a
+    certificate revoked while connected close it."""
+    while not ws.closed:
+        await asyncio.sleep(REVALIDATE_SECONDS)
+        if await request.app[AUTH].revalidate(request) is None:
+            await _session_ended(ws)
+
+
+async def _session_ended(ws: web.WebSocketResponse) -> None:
+    await ws.send_json({"type": "error", "error": "login_required",
+                        "message": "Your session has ended; please log in again."})
+    await ws.close(code=4401, message=b"session ended")
 
 
 async def _handle_staff(ws: web.WebSocketResponse, service: ConsultationService, actor: Actor,

@@ -150,3 +150,18 @@ async def test_a_call_cut_by_a_crash_ends_and_gets_its_deadline(server_factory,
             assert ended["deadline"] <= ended["times"]["ended"] + 24 * 3600 + 1
     finally:
         stop_process(again.proc, timeout=15)
+
+
+async def test_staff_socket_does_not_outlive_logout(madoguchi_server: ServerHandle) -> None:
+    server = madoguchi_server
+    async with StaffClient(server) as staff, StaffClient(server) as other_tab:
+        await staff.login()
+        ws = await staff.session.ws_connect(server.staff_url.replace("https", "wss")
+                                            + "/ws/staff", headers={"Origin": server.staff_url})
+        await receive(ws, "consultations")
+        await staff.post("/api/logout")
+        await ws.send_json({"type": "view", "id": "x", "sdp": "v=0"})
+        err = await receive(ws, "error")
+        assert err["error"] == "login_required"
+        await other_tab.login()  # other sessions are unaffected
+        await ws.close()
