@@ -30,6 +30,12 @@ from aiortc import RTCConfiguration, RTCIceServer
 
 log = logging.getLogger(__name__)
 
+# aioice private methods wrapped per connection (checked by tests/test_sfu_hooks.py)
+AIOICE_REQUIRED = [
+    ("data_received", ("data", "component")),
+    ("request_received", ("message", "addr", "protocol")),
+]
+
 _HOST_ADDRESSES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "madoguchi_sfu_host_addresses", default=None)
 _ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
@@ -138,6 +144,15 @@ class ArrivalStamps:
 
         connection.data_received = data_received
         ice_transport._recv = recv
+
+        # STUN requests (consent freshness) also prove the peer is alive
+        original_request = connection.request_received
+
+        def request_received(message: Any, addr: Any, protocol: Any) -> None:
+            self.last = perf()
+            original_request(message, addr, protocol)
+
+        connection.request_received = request_received
 
 
 def ice_connection(dtls_transport: Any) -> aioice.ice.Connection:

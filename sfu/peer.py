@@ -221,8 +221,10 @@ class Peer:
         for task in list(self._tasks):
             task.cancel()
         try:
+            # shielded: cancelling a close() that awaits aiortc's own pending close
+            # would cancel aiortc's internal future (InvalidStateError later)
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self.pc.close()
+                await asyncio.shield(self.pc.close())
         except Exception as exc:
             SFU_ERRORS.labels(reason="close").inc()
             event(log, "sfu_peer_close_failed", level=logging.WARNING,

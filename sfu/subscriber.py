@@ -99,6 +99,8 @@ class DownTrack:
         self.packets = 0
         self.octets = 0
         self.rtx = 0
+        self.duplicates = 0
+        self.send_failures = 0
         self.remb: tuple[int, float] | None = None
         self.marker_next = False
         self.rtt: float | None = None
@@ -163,6 +165,7 @@ class DownTrack:
         """Send one canonical packet on this leg; False if it was not sent."""
         out_seq = (cext + self.map.seq_off) & 0xFFFF
         if self.history.has(out_seq):
+            self.duplicates += 1
             return False  # already sent (a duplicate or an upstream retransmission)
         if self.marker_next:
             marker = 1
@@ -179,9 +182,11 @@ class DownTrack:
         try:
             await self.dtls._send_rtp(data)
         except ConnectionError:
+            self.send_failures += 1
             self.ready = False
             return False
         except Exception:  # SRTP refused the packet: count it, keep the leg
+            self.send_failures += 1
             self._error("send")
             return False
         self.packets += 1

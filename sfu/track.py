@@ -63,6 +63,9 @@ class RoomTrack:
         self.switches = 0
         self.out_packets = 0
         self.out_bytes = 0
+        self.skipped_waiting = 0   # a leg waiting for a keyframe (join, skip, new source)
+        self.skipped_old = 0       # older than where the leg started
+        self.skipped_backlog = 0   # the leg's socket backlog is too long
         self._flushed = (0, 0)
         self._sink_errors = 0
 
@@ -146,6 +149,7 @@ class RoomTrack:
             first = False
             if leg.waiting_keyframe:
                 if not keyframe:
+                    self.skipped_waiting += 1
                     continue
                 leg.map.start_at(cext)
                 leg.waiting_keyframe = False
@@ -153,8 +157,10 @@ class RoomTrack:
             elif not leg.map.started:
                 leg.map.start_at(cext)
             elif cext < leg.map.start_ext:
+                self.skipped_old += 1
                 continue
             if leg.backlogged():
+                self.skipped_backlog += 1
                 if self.video:
                     leg.waiting_keyframe = True
                     self.request_keyframe("skip")

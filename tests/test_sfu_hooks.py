@@ -67,6 +67,15 @@ async def test_private_attributes_exist_on_instances() -> None:
         await pc.close()
 
 
+@pytest.mark.parametrize("name,params", ice.AIOICE_REQUIRED,
+                         ids=[n for n, _ in ice.AIOICE_REQUIRED])
+def test_aioice_methods_keep_their_signature(name: str, params: tuple[str, ...]) -> None:
+    method = getattr(aioice.ice.Connection, name, None)
+    assert method is not None, f"aioice Connection.{name} is gone: sfu/ice.py"
+    got = tuple(p for p in inspect.signature(method).parameters if p != "self")
+    assert got == params, f"aioice Connection.{name}{got} changed (expected {params})"
+
+
 async def test_host_address_override_is_contained() -> None:
     sig = inspect.signature(ice._ORIGINAL_GET_HOST_ADDRESSES)
     assert tuple(sig.parameters) == ("use_ipv4", "use_ipv6")

@@ -1,7 +1,8 @@
 """``python -m madoguchi.bench NAME [options]`` (what ``scripts/bench`` runs).
 
-Each benchmark is a module ``madoguchi.bench.<name>`` with ``main(argv) -> int``; add
-yours to ``BENCHMARKS`` (one line) and it is reachable as ``scripts/bench <name>``.
+Each benchmark is a module ``madoguchi.bench.<name>`` with ``main(argv) -> int`` (or
+``"module:function"``); add yours to ``BENCHMARKS`` (one line) and it is reachable as
+``scripts/bench <name>``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                   "delete N overdue consultations in one retention run (target < 60 s)"),
     "record": ("madoguchi.bench.record",
                "recording cost per publisher->viewer pair"),
-    "sfu": ("madoguchi.bench.sfu", "SFU forwarding cost per pair"),
+    "sfu": ("madoguchi.bench.sfu_bench",
+            "SFU forwarding: CPU per pair vs the naive relay, loss, first frame, latency"),
+    "sfu-cycles": ("madoguchi.bench.sfu_bench:cycles_main",
+                   "room open/close cycles (default 1,000): leaked tasks/threads/fds"),
 }
 
 
@@ -31,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER,
                         help="options of the benchmark (BENCHMARK --help lists them)")
     ns = parser.parse_args(argv)
-    module_name = BENCHMARKS[ns.benchmark][0]
+    module_name, _, function = BENCHMARKS[ns.benchmark][0].partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -39,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"scripts/bench: the {ns.benchmark} benchmark is not built yet", file=sys.stderr)
         return 2
-    return int(module.main(ns.args) or 0)
+    return int(getattr(module, function or "main")(ns.args) or 0)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import av
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket, RtpPacket
 
 from sfu import ice
 from sfu.codecs import preferences
@@ -414,7 +414,10 @@ class FrameCollector:
 
 class PacketCounter:
     """Benchmark receiver: counts packets (unique sequence numbers) per SSRC and times
-    the first complete keyframe; replaces the receiver's RTP handling entirely."""
+    the first complete keyframe; replaces the receiver's RTP handling entirely. Like a
+    browser it sends an RTCP receiver report about once a second."""
+
+    RR_INTERVAL = 1.0
 
     def __init__(self, kind: str, codec: str) -> None:
         self.kind = kind
@@ -424,12 +427,25 @@ class PacketCounter:
         self.ssrcs: dict[int, _SeqTracker] = {}
         self.counting = False
         self.packets = 0
+        self._receiver: RTCRtpReceiver | None = None
+        self._rr_ssrc = random.getrandbits(32)
+        self._next_rr = 0.0
+        self._highest: dict[int, int] = {}
 
     def attach(self, receiver: RTCRtpReceiver) -> None:
+        self._receiver = receiver
         receiver._handle_rtp_packet = self._on_rtp  # type: ignore[method-assign]
 
     async def _on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         self.packets += 1
+        self._highest[packet.ssrc] = packet.sequence_number
+        now = time.monotonic()
+        if now >= self._next_rr and self._receiver is not None:
+            self._next_rr = now + self.RR_INTERVAL
+            reports = [RtcpReceiverInfo(ssrc=ssrc, fraction_lost=0, packets_lost=0,
+                                        highest_sequence=seq, jitter=0, lsr=0, dlsr=0)
+                       for ssrc, seq in self._highest.items()]
+            await self._receiver._send_rtcp(RtcpRrPacket(ssrc=self._rr_ssrc, reports=reports))
         if self.kind == "video" and self.first_keyframe_at is None:
             if self.is_key(packet.payload):
                 self._in_key = True
@@ -533,10 +549,12 @@ class ClientPeer:
         self.channel.on("message", self.messages.append)
         return self.channel
 
-    async def offer(self) -> str:
+    async def offer(self, rcvbuf: int = 4 * 1024 * 1024) -> str:
         with ice.host_addresses([self.host]):
             await self.pc.setLocalDescription(await self.pc.createOffer())
-        return self.pc.localDescription.sdp
+        for t in self.pc.getTransceivers():
+            ice.tune_sockets(ice.ice_connection(t.receiver.transport), rcvbuf)
+        return str(self.pc.localDescription.sdp)
 
     async def accept(self, answer: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
