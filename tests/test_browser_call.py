@@ -150,6 +150,15 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
     assert citizen.status() == "refused"
 
 
+def test_single_camera_has_no_switch(browser_server: Any, browsers: Browsers) -> None:
+    staff = _staff(browser_server, browsers)
+    citizen = browsers.citizen("iPhone 13")
+    citizen.goto(staff.link(staff.create("090-2222-3333")))
+    citizen.consent()
+    citizen.page.wait_for_timeout(300)  # the device list is read after the preview starts
+    assert not citizen.page.is_visible(tid("switch-camera"))
+
+
 def test_unsupported_browser_screen(browser_server: Any, browsers: Browsers) -> None:
     staff = _staff(browser_server, browsers)
     link = staff.link(staff.create("090-3456-7890"))
@@ -170,3 +179,66 @@ def test_camera_denied_screen(browser_server: Any, browsers: Browsers,
     citizen.page.tap(tid("consent-accept"))
     assert citizen.wait_status("denied") == "denied"
     assert citizen.page.is_visible(tid("message-action"))  # "try again"
+
+
+SENDER_CAMERA_JS = """() => {
+  const pc = window.__pcs.filter((p) => p.connectionState !== 'closed').pop();
+  const sender = pc.getSenders().find((s) => s.track && s.track.kind === 'video');
+  return sender.track.readyState === 'live' ? sender.track.getSettings().deviceId : '';
+}"""
+FRAMES_ENCODED_JS = """async () => {
+  let n = 0;
+  for (const pc of window.__pcs) {
+    if (pc.connectionState === 'closed') continue;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') n += s.framesEncoded || 0;
+    });
+  }
+  return n;
+}"""
+
+
+def test_switch_camera_during_the_call(browser_server: Any, browsers: Browsers,
+                                       browser_two_cameras: Any) -> None:
+    """Chromium's fake cameras report no facing mode, so this also covers the fallback from
+    ``facingMode: {exact}`` to the next camera by deviceId.
+
+    Chromium's second fake camera delivers frames in a pixel format its WebRTC encoder does
+    not take (the preview shows them, the sender encodes nothing), so "video is sent" is
+    checked after switching back to the first camera: both replaceTrack directions run.
+    """
+    staff = _staff(browser_server, browsers)
+    cid = staff.create("090-5555-6666")
+    link = staff.link(cid)
+    citizen = browsers.citizen("Pixel 7", browser=browser_two_cameras)
+    citizen.goto(link)
+    citizen.consent()
+    page = citizen.page
+    switch = page.locator(tid("switch-camera"))
+    switch.wait_for(state="visible")  # two cameras: the switch is offered
+    citizen.start()
+    citizen.wait_status("live")
+    first_camera = page.evaluate(SENDER_CAMERA_JS)
+    assert first_camera
+
+    def sender_camera_is_not(camera: str) -> None:
+        page.wait_for_function(
+            f"(old) => {{ const id = ({SENDER_CAMERA_JS})(); return !!id && id !== old; }}",
+            arg=camera, polling=100)
+
+    switch.tap()
+    sender_camera_is_not(first_camera)
+    second_camera = page.evaluate(SENDER_CAMERA_JS)
+    before, after = wait_increase(lambda: page.eval_on_selector(
+        tid("local-preview"), "v => v.getVideoPlaybackQuality().totalVideoFrames"))
+    assert after > before, "the preview does not show the other camera"
+    assert citizen.status() == "live"
+
+    switch.tap()
+    sender_camera_is_not(second_camera)
+    assert page.evaluate(SENDER_CAMERA_JS) == first_camera
+    before, after = wait_increase(lambda: page.evaluate(FRAMES_ENCODED_JS))
+    assert after > before, "no video sent after switching the camera back"
+    assert citizen.status() == "live"
+    citizen.end()
+    citizen.wait_status("ended")
