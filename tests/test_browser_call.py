@@ -60,6 +60,9 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
     refused: list[str] = []
     citizen.page.on("console", lambda m: refused.append(m.text)
                     if "Content Security Policy" in m.text or "Refused to" in m.text else None)
+    crashes: list[str] = []  # uncaught exceptions in either page
+    citizen.page.on("pageerror", lambda e: crashes.append(f"citizen: {e}"))
+    staff.page.on("pageerror", lambda e: crashes.append(f"staff: {e}"))
     response = citizen.goto(link)
     assert response is not None and response.status == 200
     citizen.wait_status("consent")
@@ -143,6 +146,7 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
         return !v.srcObject; }""") is True
     screenshot(page, f"citizen-{slug}-ended")
     assert refused == [], refused  # no CSP violation on the citizen page
+    assert crashes == [], crashes
 
     # The link is dead now: the same device gets the refusal page.
     response = citizen.goto(link)
