@@ -75,7 +75,9 @@ def _limit(request: web.Request) -> None:
 async def link_page(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     web_root = request.app[WEB_ROOT]
-    _limit(request)
+    if not request.app[LIMITER].allow(request.remote or "?"):
+        _refused("rate_limited")
+        return html_page(web_root / "busy.html", 429)
     try:
         await service.find_link(request.match_info["token"],
                                 request.cookies.get(DEVICE_COOKIE, ""))

@@ -217,3 +217,18 @@ async def test_expired_link(server_factory, citizens) -> None:
         finally:
             await phone.close()
         assert (await staff.get(f"/api/consultations/{c['id']}"))["state"] == "expired"
+
+
+async def test_link_lookups_are_rate_limited_per_address(server_factory) -> None:
+    server = server_factory({"links": {"lookups_per_minute": 3}}, name="rate-limit")
+    phone = Citizen(server)
+    try:
+        for _ in range(3):
+            assert (await phone.page("y" * 22))[0] == 404
+        status, html = await phone.page("y" * 22)
+        assert status == 429 and 'data-testid="busy-page"' in html
+        status, body = await phone.post("/api/citizen/open", {"token": "y" * 22})
+        assert status == 429 and body["error"] == "rate_limited"
+    finally:
+        await phone.close()
+    assert 'madoguchi_link_refusals_total{reason="rate_limited"} 2.0' in server.metrics_text()
