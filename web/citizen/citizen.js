@@ -32,9 +32,6 @@ const el = {
   mute: $("mute"),
   switchCam: $("switch-camera"),
   end: $("end-call"),
-  endConfirm: $("end-confirm"),
-  endYes: $("end-call-confirm"),
-  endNo: $("end-call-cancel"),
   links: $("links"),
   linkList: $("link-list"),
 };
@@ -218,7 +215,6 @@ async function prepareCamera() {
   camera.setMuted(state.muted);
   el.start.hidden = false;
   el.end.hidden = true;
-  el.endConfirm.hidden = true;
   setStatus(state.resume ? "resume" : "preview");
   showScreen("call");
   el.switchCam.hidden = !(await camera.canSwitch());
@@ -290,8 +286,7 @@ function scheduleReconnect() {
   state.backoff = Math.min(state.backoff * 2, 10000);
 }
 
-function onEndConfirmed() {
-  el.endConfirm.hidden = true;
+function onEnd() {
   const session = state.session;
   if (session && session.end()) {
     setStatus("ending");
@@ -367,9 +362,8 @@ function wireControls() {
     renderDynamic();
   });
   el.switchCam.addEventListener("click", onSwitchCamera);
-  el.end.addEventListener("click", () => { el.endConfirm.hidden = false; el.endYes.focus(); });
-  el.endNo.addEventListener("click", () => { el.endConfirm.hidden = true; });
-  el.endYes.addEventListener("click", onEndConfirmed);
+  // end-call ends at once, like the staff's: the contract every script relies on.
+  el.end.addEventListener("click", onEnd);
   el.messageAction.addEventListener("click", () => { if (state.action) state.action(); });
   window.addEventListener("online", () => {
     if (!state.over && !state.session && state.reconnectTimer) {
