@@ -21,10 +21,16 @@ class ForwardedPacket:
     """One RTP packet as the SFU forwarded it, handed to packet sinks (the recorder).
 
     ``track`` is "citizen-video", "citizen-audio" or "staff-audio"; ``payload`` is the
-    RTP payload exactly as received (no transcoding); ``timestamp``/``sequence`` are the
-    publisher's originals; ``keyframe`` is True on the first packet of a keyframe.
-    ``arrival`` is the monotonic arrival time (seconds); ``ntp_time`` is the wall-clock
-    time derived from the publisher's RTCP SR when known (else None).
+    RTP payload exactly as received (no transcoding; RTX already unwrapped; padding-only
+    packets are not delivered); ``payload_type`` is the publisher's. ``timestamp``/
+    ``sequence`` are the track's continuous numbering: the publisher's originals for the
+    track's first publisher, shifted after a change of source (citizen reconnect, staff
+    audio floor change) so that they continue without a gap or a jump back. Packets may
+    arrive out of order (a retransmission fills a hole later) but never twice.
+    ``keyframe`` is True on the first packet of a keyframe (VP8 key frame; H.264 SPS or
+    IDR). ``arrival`` is ``time.monotonic()`` when the datagram reached the SFU's socket;
+    ``ntp_time`` is the Unix wall-clock time of ``timestamp`` derived from the
+    publisher's RTCP SR when known (else None).
     """
 
     track: str
@@ -55,6 +61,12 @@ class PacketSink(Protocol):
 #   ("staff_connected", {"viewer": id})
 #   ("staff_disconnected", {"viewer": id})
 #   ("first_frame", {"viewer": id, "seconds": float})  first keyframe sent to a viewer
+#                                      (seconds since connect_staff created the viewer)
+# A viewer that sends nothing (no RTP/RTCP/STUN) for [sfu] peer_timeout_seconds is
+# dropped with "staff_disconnected"; the citizen likewise with "citizen_disconnected".
+# A second connect_citizen replaces the peer without "citizen_disconnected".
+# Staff audio: the citizen hears ONE track, the floor holder's (sfu/floor.py: the most
+# recent viewer who started speaking while the holder was silent for 0.5 s).
 RoomEventCallback = Callable[[str, dict[str, Any]], None]
 
 
@@ -79,7 +91,15 @@ class Room(Protocol):
 
     def on_event(self, callback: RoomEventCallback) -> None: ...
     def add_sink(self, sink: PacketSink) -> None: ...
-    def request_keyframe(self) -> None: ...
+
+    def remove_sink(self, sink: PacketSink) -> None:
+        """Stop giving packets to a sink (``on_close`` is not called)."""
+        ...
+
+    def request_keyframe(self) -> None:
+        """Ask the citizen's phone for a keyframe (rate-limited to one per 300 ms)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -152,3 +152,64 @@ async def test_two_viewers_floor_goes_to_remaining_speaker(sfu: LocalSfu, vp8_cl
     finally:
         await b.close()
         await citizen.close()
+
+
+async def test_sender_reports_carry_the_citizens_clock(sfu: LocalSfu, vp8_clip: Clip) -> None:
+    """Viewers lip-sync audio and video from our RTCP SRs: each SR's (NTP, RTP) pair must
+    match the citizen's own SR mapping once our timestamp offsets are taken out."""
+    from aiortc.rtp import RtcpSrPacket
+
+    from sfu.rtcpstats import signed32, unix_from_ntp64
+
+    room = sfu.room("sr")
+    citizen = citizen_client(vp8_clip)
+    staff = staff_client("VP8")
+    received: dict[str, list] = {"video": [], "audio": []}
+    for t in staff.pc.getTransceivers():
+        original = t.receiver._handle_rtcp_packet
+
+        async def capture(packet, kind=t.kind, original=original):  # type: ignore[no-untyped-def]
+            if isinstance(packet, RtcpSrPacket):
+                received[kind].append(packet)
+            await original(packet)
+
+        t.receiver._handle_rtcp_packet = capture
+    try:
+        await join_citizen(room, citizen)
+        await join_staff(room, "v", staff)
+        await wait_until(lambda: len(received["video"]) >= 2 and len(received["audio"]) >= 2,
+                         timeout=8, what="two SRs per kind at the viewer")
+        for kind, name, rate in (("video", "citizen-video", 90000),
+                                 ("audio", "citizen-audio", 48000)):
+            track = room.tracks[name]
+            stream = track.source
+            assert stream is not None and stream.sr is not None
+            assert track.sr_map is not None, "SRs are not derived from the citizen's SR"
+            leg = track.legs[0]
+            sr_ntp, sr_rtp = stream.sr
+            pub_unix = stream.clock.to_local(sr_ntp)
+            for sr in received[kind][-2:]:
+                src_rtp = (sr.sender_info.rtp_timestamp - leg.map.ts_off
+                           - track.map.ts_off) & 0xFFFFFFFF
+                claimed = unix_from_ntp64(sr.sender_info.ntp_timestamp)
+                expected = pub_unix + signed32(src_rtp - sr_rtp) / rate
+                assert abs(claimed - expected) < 0.03, (kind, claimed - expected)
+    finally:
+        await staff.close()
+        await citizen.close()
+
+
+async def test_media_sockets_get_large_receive_buffers(sfu: LocalSfu, vp8_clip: Clip) -> None:
+    import socket
+
+    room = sfu.room("rcvbuf")
+    citizen = citizen_client(vp8_clip)
+    try:
+        await join_citizen(room, citizen)
+        conn = room.citizen.pc.getTransceivers()[0].receiver.transport.transport._connection
+        for protocol in conn._protocols:
+            sock = protocol.transport.get_extra_info("socket")
+            # Linux reports twice the requested size (bookkeeping overhead)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 4 * 1024 * 1024
+    finally:
+        await citizen.close()

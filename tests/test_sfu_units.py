@@ -155,3 +155,20 @@ def test_answer_nat_rewrite() -> None:
     out = sdp.rewrite_answer_addresses(answer, {"10.0.0.5": "203.0.113.7"})
     assert "c=IN IP4 203.0.113.7" in out and "203.0.113.7 40000" in out
     assert "10.9.9.9 40001" in out and "10.0.0.5" not in out
+
+
+def test_install_uvloop_helper() -> None:
+    from sfu.loop import install_uvloop
+
+    before = asyncio.get_event_loop_policy()
+    try:
+        assert install_uvloop(False) is False
+        assert asyncio.get_event_loop_policy() is before
+        assert install_uvloop(True) is True
+        policy = asyncio.get_event_loop_policy()
+        assert type(policy).__module__.startswith("uvloop")
+        loop = policy.new_event_loop()
+        assert type(loop).__module__.startswith("uvloop")
+        loop.close()
+    finally:
+        asyncio.set_event_loop_policy(before)

@@ -64,6 +64,9 @@ class ServerProcess:
 
     async def start(self) -> None:
         cmd = [sys.executable, "-m", "madoguchi.bench.sfu_server", "--mode", self.mode]
+        profile = os.environ.get("MADOGUCHI_BENCH_PROFILE")  # cProfile output file
+        if profile and self.mode != "naive":
+            cmd[1:1] = ["-m", "cProfile", "-o", profile]
         if self.uvloop:
             cmd.append("--uvloop")
         self.proc = await asyncio.create_subprocess_exec(
