@@ -103,6 +103,7 @@ class DownTrack:
         self.send_failures = 0
         self.remb: tuple[int, float] | None = None
         self.marker_next = False
+        self.last_cts = -1
         self.rtt: float | None = None
         self._errors = 0
         hooks.hook_sender(sender, self._on_start, self.on_rtcp, self._rtcp_loop)
@@ -177,6 +178,7 @@ class DownTrack:
         if padding:
             data += b"\0" * (padding - 1) + bytes((padding,))
         self.history.put(out_seq, data)
+        self.last_cts = cts
         if ((out_seq - self.map.last_seq) & 0xFFFF) < 0x8000:
             self.map.last_seq = out_seq
         try:

@@ -159,7 +159,9 @@ class RoomTrack:
             elif cext < leg.map.start_ext:
                 self.skipped_old += 1
                 continue
-            if leg.backlogged():
+            # a leg whose socket backlog is too long skips to the next keyframe; video
+            # stops at a frame boundary so the viewer never gets half a frame
+            if leg.backlogged() and (not self.video or cts != leg.last_cts):
                 self.skipped_backlog += 1
                 if self.video:
                     leg.waiting_keyframe = True

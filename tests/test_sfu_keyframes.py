@@ -111,3 +111,42 @@ async def test_pli_flood_is_rate_limited(sfu: LocalSfu, vp8_clip: Clip) -> None:
     finally:
         await staff.close()
         await citizen.close()
+
+
+async def test_viewer_that_falls_behind_skips_to_next_keyframe(sfu: LocalSfu,
+                                                               vp8_clip: Clip) -> None:
+    """No per-viewer queue: a leg whose socket backlog is too long drops video from the
+    next frame boundary to the next keyframe (requested), then resumes without a
+    sequence gap; every frame the viewer gets is complete and unaltered."""
+    room = sfu.room("skip")
+    citizen = citizen_client(vp8_clip, keep_sent=True)
+    staff = staff_client("VP8")
+    try:
+        await join_citizen(room, citizen)
+        await join_staff(room, "v", staff)
+        video = staff.collectors["video"]
+        await video.wait_frames(10)
+        await asyncio.sleep(0.4)
+        track = room.tracks["citizen-video"]
+        leg = track.legs[0]
+        requests = citizen.video.keyframe_requests
+        leg.backlogged = lambda: True  # type: ignore[method-assign]
+        await asyncio.sleep(0.4)
+        assert leg.waiting_keyframe and track.skipped_backlog > 0
+        frozen = len(video.frames)
+        await asyncio.sleep(0.2)
+        assert len(video.frames) <= frozen + 1  # nothing new while skipping
+        del leg.backlogged  # the socket drained
+        await video.wait_frames(frozen + 15)
+        assert citizen.video.keyframe_requests > requests, "no keyframe asked for the skip"
+        # where frames were skipped (a timestamp jump), the next frame is a keyframe
+        stamps = [f.timestamp for f in video.frames]
+        jumps = [i for i in range(1, len(stamps)) if stamps[i] - stamps[i - 1] > 3000]
+        assert jumps, "no frames were skipped"
+        assert all(video.frames[i].keyframe for i in jumps), "a skip did not end on a keyframe"
+        sent = {d for _, d in citizen.video.sent}
+        assert all(f.data in sent for f in video.frames), "a frame arrived altered or partial"
+        assert leg.rtx == 0, "the skip left sequence gaps that the viewer NACKed"
+    finally:
+        await staff.close()
+        await citizen.close()

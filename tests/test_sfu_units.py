@@ -172,3 +172,94 @@ def test_install_uvloop_helper() -> None:
         loop.close()
     finally:
         asyncio.set_event_loop_policy(before)
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.epoch = 1
+        self.sr = None
+        self.media_pt = 96
+        self.requests: list[str] = []
+        self.keyframes = KeyframeRequester(lambda: None)
+        self.on_sender_report = None
+
+    def request_keyframe(self, reason: str) -> None:
+        self.requests.append(reason)
+
+
+class FakeLeg:
+    """Stands in for a DownTrack: records what the track writes to it."""
+
+    def __init__(self) -> None:
+        from sfu.rewriter import LegMap
+        self.ready = True
+        self.waiting_keyframe = True
+        self.map = LegMap()
+        self.first_keyframe_at = None
+        self.created = 0.0
+        self.last_cts = -1
+        self.marker_next = False
+        self.backlog = False
+        self.written: list[tuple[int, int, bytes]] = []  # (out seq, cts, payload)
+
+    def backlogged(self) -> bool:
+        return self.backlog
+
+    async def write(self, cext, cts, marker, payload, padding, level) -> bool:  # type: ignore[no-untyped-def]
+        out = (cext + self.map.seq_off) & 0xFFFF
+        self.map.last_seq = out
+        self.last_cts = cts
+        self.written.append((out, cts, payload))
+        return True
+
+
+def vp8_packet(seq: int, ts: int, key: bool, start: bool, marker: bool):  # type: ignore[no-untyped-def]
+    from aiortc.rtp import RtpPacket
+    descr = b"\x10" if start else b"\x00"
+    body = (b"\x00" if key else b"\x01") + bytes([seq & 0xFF]) * 20
+    return RtpPacket(payload_type=96, marker=int(marker), sequence_number=seq, timestamp=ts,
+                     payload=descr + body)
+
+
+async def test_track_forwarding_logic() -> None:
+    """Join at a keyframe, skip from a frame boundary when backlogged, resume at the next
+    keyframe with no sequence gap."""
+    from sfu.track import RoomTrack
+
+    track = RoomTrack("citizen-video", "video", "VP8", "c", [])
+    stream = FakeStream()
+    track.set_source(stream)  # type: ignore[arg-type]
+    leg = FakeLeg()
+    track.add_leg(leg)  # type: ignore[arg-type]
+    u = SeqUnwrapper()
+    frames = [  # (ts, keyframe, packets)
+        (0, False, 2), (3000, True, 3), (6000, False, 3), (9000, False, 3),
+        (12000, False, 2), (15000, True, 2), (18000, False, 2)]
+    seq = 1000
+
+    async def send(ts: int, key: bool, n: int, backlog_after: int | None = None) -> None:
+        nonlocal seq
+        for i in range(n):
+            if backlog_after is not None and i == backlog_after:
+                leg.backlog = True
+            pkt = vp8_packet(seq, ts, key and i == 0, i == 0, i == n - 1)
+            ext, newest = u.unwrap(seq)  # type: ignore[misc]
+            await track.forward(stream, pkt, ext, newest, 0.0)  # type: ignore[arg-type]
+            seq += 1
+
+    await send(*frames[0])                 # before any keyframe: nothing for the leg
+    assert leg.written == []
+    await send(*frames[1])                 # keyframe: the leg starts here
+    await send(*frames[2][:3], backlog_after=1)  # backlog mid-frame: frame completes
+    assert [w[1] for w in leg.written].count(6000) == 3
+    await send(*frames[3])                 # skipped, keyframe requested
+    leg.backlog = False
+    await send(*frames[4])                 # still waiting for a keyframe
+    assert stream.requests.count("skip") >= 1 and leg.waiting_keyframe
+    await send(*frames[5])                 # resumes on the keyframe
+    await send(*frames[6])
+    stamps = [w[1] for w in leg.written]
+    assert stamps == [3000] * 3 + [6000] * 3 + [15000] * 2 + [18000] * 2
+    seqs = [w[0] for w in leg.written]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert track.keyframes == 2
