@@ -124,9 +124,15 @@ def hook_sender(sender: RTCRtpSender, on_start: Callable[[Any], None],
     sender._send_keyframe = lambda: None  # type: ignore[method-assign, assignment]
 
 
-def guard_transport(dtls: RTCDtlsTransport, on_error: Callable[[str], None]) -> None:
+def guard_transport(dtls: RTCDtlsTransport, on_error: Callable[[str], None],
+                    fast_rtp: Callable[[bytes], Coroutine[Any, Any, bool]] | None = None
+                    ) -> None:
     """Drop (and report) a datagram whose parsing raises, instead of letting the
-    exception end the DTLS transport's receive loop (and with it the peer)."""
+    exception end the DTLS transport's receive loop (and with it the peer).
+
+    ``fast_rtp(data)``: tried first for each decrypted RTP datagram (sfu/fastpath.py);
+    when it returns False, aiortc parses and routes the packet as usual.
+    """
     if getattr(dtls, "_madoguchi_guarded", False):
         return
     handle_rtp = dtls._handle_rtp_data
@@ -134,7 +140,8 @@ def guard_transport(dtls: RTCDtlsTransport, on_error: Callable[[str], None]) -> 
 
     async def rtp(data: bytes, arrival_time_ms: int) -> None:
         try:
-            await handle_rtp(data, arrival_time_ms)
+            if fast_rtp is None or not await fast_rtp(data):
+                await handle_rtp(data, arrival_time_ms)
         except Exception:
             on_error("rtp_parse")
 

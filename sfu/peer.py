@@ -25,6 +25,7 @@ from madoguchi.logs import event
 from madoguchi.metrics import SFU_ERRORS
 
 from . import hooks, ice
+from .fastpath import RtpDispatcher
 from .interfaces import SfuError
 from .publisher import PeerClock, PublisherStream
 from .sdp import rewrite_answer_addresses
@@ -71,6 +72,7 @@ class Peer:
         self.connected = False
         self.counted = False  # in the ACTIVE_PEERS gauge
         self._parse_errors = 0
+        self._dispatchers: dict[int, RtpDispatcher | None] = {}
         self.closed = False
         self.state = "new"
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -133,7 +135,12 @@ class Peer:
         """One arrival-stamp FIFO per (bundled) transport, before DTLS starts reading;
         the DTLS transports are guarded against parse errors at the same time."""
         for t in self.pc.getTransceivers():
-            hooks.guard_transport(t.receiver.transport, self._transport_error)
+            dtls = t.receiver.transport
+            if id(dtls) not in self._dispatchers:
+                mine = [s for s in self.streams if s.receiver.transport is dtls]
+                dispatcher = RtpDispatcher(mine) if mine else None
+                self._dispatchers[id(dtls)] = dispatcher
+                hooks.guard_transport(dtls, self._transport_error, dispatcher)
         if self.pc.sctp is not None:
             hooks.guard_transport(self.pc.sctp.transport, self._transport_error)
         by_transport: dict[int, ice.ArrivalStamps] = {}
@@ -153,12 +160,15 @@ class Peer:
         for stream in self.streams:
             media = by_mid.get(str(self._transceiver_of[id(stream)].mid))
             if media is not None:
-                stream.configure(media.rtp.codecs)
+                stream.configure(media.rtp.codecs, media.rtp.headerExtensions)
         for leg in self.downtracks:
             media = by_mid.get(str(self._transceiver_of[id(leg)].mid))
             if media is not None:
                 leg.configure(media.rtp.headerExtensions, str(media.rtp.muxId),
                               cnames.get(leg.ssrc, ""))
+        for dispatcher in self._dispatchers.values():
+            if dispatcher is not None:
+                dispatcher.configure()
 
     def _transport_error(self, where: str) -> None:
         self._parse_errors += 1

@@ -29,7 +29,6 @@ from aiortc.rtp import (
     RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
-    unwrap_rtx,
 )
 
 from madoguchi.logs import event
@@ -44,6 +43,7 @@ from .rtcpstats import ReceiveStats, unix_from_ntp64
 
 log = logging.getLogger(__name__)
 
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MAX_NACK_GAP = 128        # larger holes are not NACKed (a keyframe request follows)
 NACK_REPEAT_AFTER = 0.1   # do not NACK the same packet upstream again within this time
 SSRC_SWITCH_SILENCE = 1.0  # a new SSRC replaces the current one only after this silence
@@ -87,6 +87,7 @@ class PublisherStream:
         self.codec = ""
         self.clock_rate = 90000 if kind == "video" else 48000
         self.media_pt: int | None = None
+        self.level_id = 0  # RFC 6464 audio level header extension id, 0 = none
         self.rtx_pt: int | None = None
         self.ssrc: int | None = None
         self.epoch = 0
@@ -106,8 +107,11 @@ class PublisherStream:
         hooks.hook_receiver(receiver, self.on_rtp, self.on_rtcp, self._rtcp_loop)
 
     # negotiation ---------------------------------------------------------------
-    def configure(self, codecs: list[Any]) -> None:
-        """Learn the negotiated payload types (after setRemoteDescription)."""
+    def configure(self, codecs: list[Any], header_extensions: list[Any] | None = None) -> None:
+        """Learn the negotiated payload types and the audio-level extension id."""
+        for ext in header_extensions or []:
+            if ext.uri == AUDIO_LEVEL_URI and 0 < ext.id <= 14:
+                self.level_id = ext.id
         media = [c for c in codecs if not is_rtx(c)]
         if not media:
             return
@@ -130,9 +134,14 @@ class PublisherStream:
                         or self.media_pt is None):
                     self.dropped += 1
                     return
-                if len(packet.payload) < 2:  # RTX padding (bandwidth probing)
+                payload = packet.payload
+                if len(payload) < 2:  # RTX padding (bandwidth probing)
                     return
-                packet = unwrap_rtx(packet, payload_type=self.media_pt, ssrc=self.ssrc)
+                # RFC 4588: the original sequence number, then the original payload
+                packet.sequence_number = (payload[0] << 8) | payload[1]
+                packet.payload = payload[2:]
+                packet.payload_type = self.media_pt
+                packet.ssrc = self.ssrc
                 self.rtx_packets += 1
             arrival = self.stamps.current
             if packet.ssrc != self.ssrc:
@@ -164,6 +173,11 @@ class PublisherStream:
 
     def _new_ssrc(self, ssrc: int) -> None:
         self.ssrc = ssrc
+        # the fast path bypasses aiortc's router, which learns unsignalled SSRCs from
+        # RTP: teach it here so the publisher's RTCP SR still reaches this receiver
+        router = getattr(self.receiver.transport, "_rtp_router", None)
+        if router is not None:
+            router.ssrc_table[ssrc] = self.receiver
         self.epoch += 1
         self.unwrapper = SeqUnwrapper()
         self.stats = ReceiveStats(self.clock_rate)

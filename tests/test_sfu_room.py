@@ -213,3 +213,27 @@ async def test_media_sockets_get_large_receive_buffers(sfu: LocalSfu, vp8_clip: 
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 4 * 1024 * 1024
     finally:
         await citizen.close()
+
+
+async def test_offer_without_ssrc_lines_still_forwards_and_syncs(sfu: LocalSfu,
+                                                                 vp8_clip: Clip) -> None:
+    """Browsers need not signal SSRCs: media and the citizen's SRs are still matched."""
+    room = sfu.room("no-ssrc")
+    citizen = citizen_client(vp8_clip)
+    staff = staff_client("VP8")
+    try:
+        offer = await citizen.offer()
+        stripped = "\r\n".join(ln for ln in offer.split("\r\n")
+                               if not ln.startswith(("a=ssrc:", "a=ssrc-group:")))
+        assert "a=ssrc:" not in stripped
+        await citizen.accept(await room.connect_citizen(stripped))
+        await asyncio.wait_for(citizen.connected.wait(), 10)
+        await join_staff(room, "v", staff)
+        await staff.collectors["video"].wait_frames(20)
+        await staff.collectors["audio"].wait_frames(20)
+        await wait_until(lambda: room.tracks["citizen-video"].sr_map is not None
+                         and room.tracks["citizen-audio"].sr_map is not None,
+                         timeout=5, what="the citizen's SRs")
+    finally:
+        await staff.close()
+        await citizen.close()

@@ -263,3 +263,42 @@ async def test_track_forwarding_logic() -> None:
     seqs = [w[0] for w in leg.written]
     assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
     assert track.keyframes == 2
+
+
+async def test_fast_path_parses_what_forwarding_needs() -> None:
+    import struct as st
+
+    from sfu.fastpath import RtpDispatcher
+
+    class Stream:
+        media_pt, rtx_pt, level_id = 111, None, 3
+
+        def __init__(self) -> None:
+            self.got: list = []
+
+        async def on_rtp(self, packet, arrival_ms):  # type: ignore[no-untyped-def]
+            self.got.append(packet)
+
+    stream = Stream()
+    d = RtpDispatcher([stream])  # type: ignore[list-item]
+    d.configure()
+    head = st.pack("!BBHII", 0x80 | 0x10 | 0x20 | 1, 0x80 | 111, 65535, 4_000_000_000, 0xCAFE)
+    csrc = st.pack("!I", 7)
+    ext = b"\xbe\xde\x00\x02" + bytes([0x10, 0x61]) + bytes([0x30, 0x80 | 42]) + b"\0\0\0\0"
+    packet = head + csrc + ext + b"opus-payload" + b"\0\0\x03"
+    assert await d(packet) is True
+    p = stream.got[-1]
+    assert (p.payload_type, p.marker, p.sequence_number, p.timestamp, p.ssrc) == \
+        (111, 1, 65535, 4_000_000_000, 0xCAFE)
+    assert p.payload == b"opus-payload" and p.padding_size == 3
+    assert p.extensions.audio_level == (True, 42)
+    two_byte = b"\x10\x00\x00\x02" + bytes([3, 1, 0x05]) + b"\0" * 5
+    plain = st.pack("!BBHII", 0x90, 111, 1, 2, 3) + two_byte + b"x"
+    assert await d(plain) is True and stream.got[-1].audio_level == (False, 5)
+    # unknown payload type: aiortc's own path; malformed: dropped, counted
+    assert await d(st.pack("!BBHII", 0x80, 96, 1, 2, 3) + b"x") is False
+    assert await d(b"\x80\x6f\x00") is False
+    for bad in (st.pack("!BBHII", 0x90, 111, 1, 2, 3) + b"\xbe\xde\x00\x09",
+                st.pack("!BBHII", 0xA0, 111, 1, 2, 3) + b"x\x09"):
+        assert await d(bad) is True
+    assert d.malformed == 2 and len(stream.got) == 2
