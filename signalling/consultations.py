@@ -204,8 +204,12 @@ class ConsultationService:
     async def _send_sms(self, c: Consultation, token: str, e164: str) -> Consultation:
         text = render_sms(self.cfg.sms.template, self.link_url(token),
                           self.cfg.links.lifetime_minutes)
+        # One reference per send, so a late delivery report of a resent (dead) link's SMS
+        # cannot change the consultation's status. Never personal: id + random suffix.
+        reference = f"{c.id}.{secrets.token_hex(3)}"
+        await self.store.update_consultation(c.id, {"sms_message_id": reference})
         try:
-            result = await self.sms.send(e164, text, c.id)
+            result = await self.sms.send(e164, text, reference)
         except SmsError as exc:
             event(log, "sms_failed", logging.WARNING, consultation=c.id, ward=c.ward,
                   reason=exc.code)
@@ -214,8 +218,7 @@ class ConsultationService:
             self.hub.consultations_changed(c.id)
             return updated or c
         updated = await self._transition(
-            c.id, SMS_SENT, sms_status=getattr(result, "status", "sent") or "sent",
-            sms_message_id=str(getattr(result, "message_id", "") or ""), sms_error="")
+            c.id, SMS_SENT, sms_status=getattr(result, "status", "sent") or "sent", sms_error="")
         if updated is None:  # already opened (read out by phone) before the gateway answered
             updated = await self.store.update_consultation(
                 c.id, {"sms_status": "sent", "sms_error": ""}) or c
@@ -254,11 +257,12 @@ class ConsultationService:
             updated = await self.store.update_consultation(cid, {"link_hash": ""}) or c
         return updated
 
-    async def sms_report(self, cid: str, status: str) -> None:
-        """A delivery report from the SMS gateway (reference = consultation id)."""
+    async def sms_report(self, reference: str, status: str) -> None:
+        """A delivery report from the SMS gateway (reference = "<consultation id>.<send>")."""
+        cid = reference.split(".", 1)[0]
         c = await self.store.get_consultation(cid)
-        if c is None:
-            return
+        if c is None or c.sms_message_id != reference:
+            return  # deleted, or the report of an SMS whose link was since replaced
         if status == "failed" and c.state in (CREATED, SMS_SENT):
             await self._transition(cid, FAILED, sms_status="failed",
                                    sms_error="The SMS could not be delivered.")
