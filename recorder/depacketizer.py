@@ -85,6 +85,7 @@ class VideoAssembler:
         self._pending: dict[int, ForwardedPacket] = {}
         self._next: int | None = None  # extended seq that starts the next frame
         self._scan = 0  # first seq of the current frame not yet seen
+        self._marker: int | None = None  # lowest pending packet with the marker bit
         self.lost_frames = 0
         self.discarded_packets = 0
 
@@ -93,6 +94,7 @@ class VideoAssembler:
         self.discarded_packets += len(self._pending)
         self._pending.clear()
         self._next = None
+        self._marker = None
         self._unwrap = _SeqUnwrapper()
 
     def push(self, p: ForwardedPacket) -> list[EncodedFrame]:
@@ -106,12 +108,25 @@ class VideoAssembler:
         elif ext < self._next:
             return []  # duplicate or too late
         pending[ext] = p
-        frames = self._drain()
-        if self._next is None or not pending:
-            return frames
-        head = pending.get(self._next)
+        if p.marker and (self._marker is None or ext < self._marker):
+            self._marker = ext
+        head = pending.get(self._next) if self._next is not None else None
+        # A frame can only complete on its marker, on a packet filling a gap before a
+        # pending marker, or when the next frame's timestamp shows up (marker lost).
+        marker = self._marker
+        if p.marker or head is None or p.timestamp != head.timestamp \
+                or marker is not None and ext < marker:
+            frames = self._drain()
+            self._marker = min((s for s, q in pending.items() if q.marker), default=None)
+            if self._next is None or not pending:
+                return frames
+            head = pending.get(self._next)
+        else:
+            frames = []
+        start = self._next
+        assert start is not None
         oldest = head.arrival if head is not None else min(pending.items())[1].arrival
-        if ext - self._next > GAP_PACKETS or p.arrival - oldest > GAP_SECONDS:
+        if ext - start > GAP_PACKETS or p.arrival - oldest > GAP_SECONDS:
             self._lose()
             frames += self._drain()
         return frames
@@ -140,6 +155,7 @@ class VideoAssembler:
             self._next = None
         else:
             self._start_at(restart)
+        self._marker = min((s for s, q in self._pending.items() if q.marker), default=None)
         if self._on_loss is not None:
             self._on_loss()
 

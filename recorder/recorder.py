@@ -1,10 +1,16 @@
 """The recorder: one more sink of a room's forwarded packets, writing encrypted segments.
 
-    SFU (event loop) --on_packet--> bounded queue --worker thread--> depacketise, timeline,
-    mux in memory (PyAV, no decoding) --> seal (AES-256-GCM) --> atomic write + manifest
+    SFU (event loop) --on_packet--> bounded queue --every 0.5 s, on the loop--> depacketise,
+    timeline, mux in memory (PyAV, no decoding) --segment--> writer thread: seal
+    (AES-256-GCM), atomic write, manifest
 
 ``on_packet`` never blocks: it appends to a bounded queue and returns. When the queue is
 full the recorder drops everything until the next video keyframe (and counts the drops).
+The queue is drained in batches on the SFU's event loop (a thread there would fight the
+loop for the GIL on every batch, which cost more CPU than the work itself); everything that
+can block (encryption, disk writes, fsync) runs on the recorder's writer thread. Without a
+running loop (tools) a processing thread drains the queue instead.
+
 Each segment starts on a video keyframe; a keyframe is requested shortly before a cut.
 Any failure (disk full, unwritable folder, ...) stops the recording with one log line, a
 metric and ``on_status("failed")``; it never raises into the SFU, and the call goes on.
@@ -18,12 +24,14 @@ import errno
 import hashlib
 import heapq
 import logging
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 
@@ -52,10 +60,12 @@ from sfu.interfaces import ForwardedPacket
 log = logging.getLogger(__name__)
 
 IDLE, RECORDING, STOPPED, FAILED = "idle", "recording", "stopped", "failed"
-POLL_SECONDS = 0.25  # the worker drains the queue in batches (fewer GIL hand-offs)
+POLL_SECONDS = 0.5  # the queue is drained in batches at this pace
 HOLD_MS = 300  # frames wait this long (media time) so all tracks interleave before a cut
 KEYFRAME_RETRY_MS = 1000
+MAX_PENDING_SEGMENTS = 8  # sealed-and-written too slowly: the disk cannot keep up
 TRACK_INDEX = {name: i for i, name in enumerate(TRACKS)}
+_STOP = ("stop",)
 
 
 class _Failure(Exception):
@@ -89,14 +99,15 @@ class RecorderStats:
     dropped: int = 0  # dropped because the queue was full
     frames: int = 0  # muxed (all tracks)
     video_frames: int = 0
-    segments: int = 0
+    segments: int = 0  # sealed and written
     bytes: int = 0  # sealed bytes written
     keyframe_requests: int = 0
     lost_frames: int = 0  # video gaps that forced a wait for the next keyframe
     skipped_frames: int = 0  # before the first keyframe
     forced_monotonic: int = 0
     resumed_segments: int = 0
-    worker_cpu_seconds: float = 0.0  # CPU time of the worker thread (benchmarks)
+    processing_cpu_seconds: float = 0.0  # depacketise + mux, on the loop (benchmarks)
+    writer_cpu_seconds: float = 0.0  # seal + write, the writer thread (benchmarks)
 
 
 @dataclass
@@ -114,7 +125,6 @@ class _OpenSegment:
     requested_at: int | None = None
     last_video: int | None = None
     video_interval: int = 33
-    first_by_stream: dict[int, int] = field(default_factory=dict)
 
 
 class Recorder:
@@ -133,35 +143,47 @@ class Recorder:
         self._max_queue = max(16, cfg.queue_packets)
         self._resume_level = self._max_queue // 2
         self._segment_ms = max(200, round(cfg.segment_seconds * 1000))
-        # Cut at the first keyframe this far into a segment; ask for one at that point.
-        self._cut_ms = self._segment_ms - min(500, self._segment_ms // 4)
+        # Ask for a keyframe this far into a segment and cut at the first one from there on.
+        # Batches lag real time by up to POLL_SECONDS, so ask that much earlier: segments
+        # then last segment_seconds minus 0.25..0.75 s plus the keyframe's round trip.
+        self._cut_ms = max(self._segment_ms // 2, self._segment_ms
+                           - min(250, self._segment_ms // 8) - round(POLL_SECONDS * 1000))
         self._status = IDLE
+        self._status_lock = threading.Lock()
         self._accepting = False
+        self._stopping = False
         self._queue: deque[tuple[int, ForwardedPacket]] = deque()
         self._epoch = 0
         self._dropping = False
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._wake = threading.Event()
+        self._processor: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._submitted_segments = 0  # processing side
+        self._written_segments = 0  # writer side
         self.stats = RecorderStats()
-        # worker-thread state
+        # processing side (event loop, or the processing thread)
+        self._processed_final = False
         self._seen_epoch = 0
         self._video: VideoAssembler | None = None
         self._audio = {CITIZEN_AUDIO: AudioReorder(), STAFF_AUDIO: AudioReorder()}
-        self._warned: set[str] = set()
         self._rates = [90000, 48000, 48000]
+        self._warned: set[str] = set()
         self._timeline = Timeline()
         self._heap: list[tuple[int, int, int, EncodedFrame]] = []
         self._order = 0
         self._newest = -1
+        self._checked_at = -1000
         self._last_pts = [-1, -1, -1]
         self._seg: _OpenSegment | None = None
-        self._manifest = Manifest(consultation_id, key_id)
         self._next_index = 1
-        self._prev_hash = b""
         self._waiting_request_at: int | None = None
+        # writer side (the writer thread only, after start)
+        self._manifest = Manifest(consultation_id, key_id)
+        self._prev_hash = b""
 
     # ------------------------------------------------------------------ public API
     @property
@@ -171,7 +193,7 @@ class Recorder:
 
     def start(self) -> None:
         """Prepare the folder (resuming an earlier recording of the same consultation) and
-        start the worker thread. Never raises: a failure sets status "failed"."""
+        start. Call it on the SFU's event loop. Never raises: a failure sets "failed"."""
         if self._status != IDLE:
             return
         with contextlib.suppress(RuntimeError):
@@ -187,8 +209,15 @@ class Recorder:
         metrics.RECORDING_ACTIVE.inc()
         event(log, "recording_started", consultation=self.consultation_id,
               resumed_segments=self.stats.resumed_segments)
-        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
-        self._thread.start()
+        self._writer = threading.Thread(target=self._write_loop, name="recorder-writer",
+                                        daemon=True)
+        self._writer.start()
+        if self._loop is not None:
+            self._timer = self._loop.call_later(POLL_SECONDS, self._tick)
+        else:
+            self._processor = threading.Thread(target=self._process_loop, name="recorder",
+                                               daemon=True)
+            self._processor.start()
         self._notify(RECORDING)
 
     def on_packet(self, packet: ForwardedPacket) -> None:
@@ -196,45 +225,55 @@ class Recorder:
         if not self._accepting:
             return
         self.stats.packets += 1
-        queue = self._queue
+        queue_ = self._queue
         if self._dropping:
             if not (packet.keyframe and packet.track == "citizen-video") \
-                    or len(queue) > self._resume_level:
+                    or len(queue_) > self._resume_level:
                 self._drop()
                 return
             self._dropping = False
             self._epoch += 1
-        elif len(queue) >= self._max_queue:
+        elif len(queue_) >= self._max_queue:
             self._dropping = True
             event(log, "recording_behind", logging.WARNING, consultation=self.consultation_id,
-                  queued=len(queue))
+                  queued=len(queue_))
             self._drop()
             self._keyframe_request()
             return
-        queue.append((self._epoch, packet))
+        queue_.append((self._epoch, packet))
 
     def on_close(self) -> None:
-        """The room closed: stop accepting packets and finish in the background."""
+        """The room closed: stop accepting packets and finish (flushes the last segment)."""
+        if self._stopping:
+            return
         self._accepting = False
-        self._stop.set()
-        self._wake.set()
+        self._stopping = True
         if self._status == IDLE:
             self._status = STOPPED
+            return
+        if self._processor is not None:
+            self._wake.set()  # the processing thread finishes
+        elif self._loop is not None and threading.get_ident() == self._loop_thread:
+            self._process_final()
+        elif self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._process_final)
 
     async def close(self) -> None:
         """Flush the last segment and the manifest; returns when everything is on disk."""
         self.on_close()
-        thread = self._thread
-        if thread is not None:
-            await asyncio.to_thread(thread.join)
+        for thread in (self._processor, self._writer):
+            if thread is not None:
+                await asyncio.to_thread(thread.join)
 
     def close_blocking(self, timeout: float | None = None) -> None:
         """``close`` for callers without an event loop (tools, benchmarks)."""
         self.on_close()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in (self._processor, self._writer):
+            if thread is not None:
+                thread.join(timeout)
 
-    # ------------------------------------------------------------------ hot-path helpers
+    # ------------------------------------------------------------------ small helpers
     def _drop(self) -> None:
         self.stats.dropped += 1
         metrics.RECORDING_DROPPED_PACKETS.inc()
@@ -246,21 +285,21 @@ class Recorder:
         if not self._call_on_loop(self._call_request_keyframe):
             self._call_request_keyframe()
 
-    def _call_on_loop(self, fn: Callable[[], None]) -> bool:
-        """From the worker thread, run ``fn`` on the SFU's event loop; False: call it here."""
-        loop = self._loop
-        if loop is None or threading.get_ident() == self._loop_thread:
-            return False
-        with contextlib.suppress(RuntimeError):  # loop closed: the call is over anyway
-            loop.call_soon_threadsafe(fn)
-        return True
-
     def _call_request_keyframe(self) -> None:
         try:
             assert self._request_keyframe is not None
             self._request_keyframe()
         except Exception:  # noqa: BLE001 - a keyframe request must never break anything
             log.debug("keyframe_request_failed", exc_info=True)
+
+    def _call_on_loop(self, fn: Callable[[], None]) -> bool:
+        """From another thread, run ``fn`` on the SFU's event loop; False: call it here."""
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            return False
+        with contextlib.suppress(RuntimeError):  # loop closed: the call is over anyway
+            loop.call_soon_threadsafe(fn)
+        return True
 
     def _notify(self, status: str) -> None:
         callback = self._on_status
@@ -313,34 +352,73 @@ class Recorder:
         self._manifest = manifest
         self._next_index = index
         self._prev_hash = manifest.last_sha256()
-        offset = max((s.first_pts + round(s.duration * 1000) for s in manifest.segments),
-                     default=0)
-        offset = max([offset] + [s.last_pts + 1 for s in manifest.segments])
+        offset = max([0] + [s.first_pts + round(s.duration * 1000) for s in manifest.segments]
+                     + [s.last_pts + 1 for s in manifest.segments])
         self._timeline = Timeline(offset_ms=offset)
         self._last_pts = [offset - 1] * 3
 
-    # ------------------------------------------------------------------ worker thread
-    def _run(self) -> None:
+    # ------------------------------------------------------------------ processing side
+    def _tick(self) -> None:
+        """Event-loop mode: drain the queue in one batch, then come back later."""
+        self._timer = None
+        if self._stopping:
+            return  # on_close does the final round
         cpu = time.thread_time()
+        self._guarded(self._drain)
+        self.stats.processing_cpu_seconds += time.thread_time() - cpu
+        if self._status == RECORDING and not self._stopping and self._loop is not None:
+            self._timer = self._loop.call_later(POLL_SECONDS, self._tick)
+
+    def _process_loop(self) -> None:
+        """Thread mode (no event loop): drain in batches until stopped or failed."""
+        while self._status == RECORDING:
+            self._wake.wait(POLL_SECONDS)
+            self._wake.clear()
+            if self._stopping:
+                self._process_final()
+                return
+            cpu = time.thread_time()
+            self._guarded(self._drain)
+            self.stats.processing_cpu_seconds += time.thread_time() - cpu
+        self._cleanup_processing()
+
+    def _process_final(self) -> None:
+        if self._processed_final:
+            return
+        self._processed_final = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        cpu = time.thread_time()
+        self._guarded(self._drain)
+        self._guarded(self._finish_media)
+        self._cleanup_processing()
+        self._jobs.put(_STOP)
+        self.stats.processing_cpu_seconds += time.thread_time() - cpu
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        if self._status != RECORDING:
+            self._cleanup_processing()
+            return
         try:
-            while True:
-                self._wake.wait(POLL_SECONDS)
-                self._wake.clear()
-                stopping = self._stop.is_set()
-                self._drain()
-                self.stats.worker_cpu_seconds = time.thread_time() - cpu
-                if stopping:
-                    self._finish()
-                    return
+            step()
         except Exception as exc:  # noqa: BLE001 - reported, never raised into the SFU
             self._fail(exc)
-        finally:
-            self.stats.worker_cpu_seconds = time.thread_time() - cpu
+            self._cleanup_processing()
+
+    def _cleanup_processing(self) -> None:
+        if self._status == RECORDING:
+            return
+        self._queue.clear()
+        self._heap.clear()
+        if self._seg is not None:
+            self._seg.muxer.abort()
+            self._seg = None
 
     def _drain(self) -> None:
-        queue = self._queue
-        while queue and self._status == RECORDING:
-            epoch, packet = queue.popleft()
+        queue_ = self._queue
+        while queue_ and self._status == RECORDING:
+            epoch, packet = queue_.popleft()
             if epoch != self._seen_epoch:
                 self._seen_epoch = epoch
                 if self._video is not None:
@@ -387,7 +465,9 @@ class Recorder:
         heapq.heappush(self._heap, (pts, self._order, idx, frame))
         if pts > self._newest:
             self._newest = pts
-            self._maybe_request_keyframe()
+            if pts - self._checked_at >= 100:  # keyframe timing needs no finer grain
+                self._checked_at = pts
+                self._maybe_request_keyframe()
         heap = self._heap
         limit = self._newest - HOLD_MS
         while heap and heap[0][0] <= limit and self._status == RECORDING:
@@ -417,7 +497,9 @@ class Recorder:
                     or size != (0, 0) and size != seg.size:
                 if seg is not None:
                     self._cut()
-                self._open(pts, size, codec)
+                self._seg = _OpenSegment(index=self._next_index,
+                                         muxer=SegmentMuxer(codec, *size), start=pts,
+                                         size=size, codec=codec)
         seg = self._seg
         if seg is None:
             self.stats.skipped_frames += 1
@@ -445,44 +527,26 @@ class Recorder:
         seg.last_pts = max(seg.last_pts, pts)
         seg.end_pts = max(seg.end_pts, end)
 
-    def _open(self, pts: int, size: tuple[int, int], codec: str) -> None:
-        if not self._manifest.container:
-            self._manifest.container = container_for(codec)
-            self._manifest.video_codec = codec
-        self._seg = _OpenSegment(index=self._next_index, muxer=SegmentMuxer(codec, *size),
-                                 start=pts, size=size, codec=codec)
-
     def _cut(self) -> None:
-        """Finish the open segment: mux trailer, seal, write atomically, update manifest."""
+        """Finish the open segment's container and hand it to the writer thread."""
         seg = self._seg
         if seg is None:
             return
         self._seg = None
+        if self._submitted_segments - self._written_segments >= MAX_PENDING_SEGMENTS:
+            seg.muxer.abort()
+            raise _Failure("io_error", "segments are written more slowly than recorded")
         plaintext = seg.muxer.finish()
-        started = time.perf_counter()
-        blob = seal(self._key, self._key_id, self.consultation_id, seg.index, plaintext,
-                    prev_sha256=self._prev_hash)
-        metrics.RECORDING_ENCRYPT_SECONDS.observe(time.perf_counter() - started)
-        del plaintext
-        name = segment_name(seg.index)
-        write_atomic(self.folder / name, blob)
-        digest = hashlib.sha256(blob).digest()
         first = seg.first_pts if seg.first_pts is not None else seg.start
-        self._manifest.segments.append(SegmentEntry(
-            index=seg.index, file=name, size=len(blob), sha256=digest.hex(),
+        self._submitted_segments += 1
+        self._jobs.put(("segment", seg.index, plaintext, seg.codec, SegmentEntry(
+            index=seg.index, file=segment_name(seg.index), size=0, sha256="",
             duration=(seg.end_pts - first) / 1000, first_pts=first, last_pts=seg.last_pts,
-            video_frames=seg.video_frames, audio_packets=seg.audio_packets))
-        self._prev_hash = digest
+            video_frames=seg.video_frames, audio_packets=seg.audio_packets)))
         self._next_index = seg.index + 1
-        self.stats.segments += 1
-        self.stats.bytes += len(blob)
-        metrics.RECORDING_SEGMENTS.inc()
-        metrics.RECORDING_BYTES.inc(len(blob))
-        write_manifest(self.folder, self._key, self._manifest)
 
-    def _finish(self) -> None:
-        if self._status != RECORDING:
-            return
+    def _finish_media(self) -> None:
+        """End of the call: flush every buffer into a last segment and close the manifest."""
         if self._video is not None:
             for frame in self._video.flush():
                 self._enqueue_frame(VIDEO, frame, self._rates[VIDEO])
@@ -492,41 +556,99 @@ class Recorder:
         while self._heap and self._status == RECORDING:
             pts, _, idx, frame = heapq.heappop(self._heap)
             self._release(pts, idx, frame)
-        if self._status != RECORDING:
-            return
         self._cut()
+        self._jobs.put(("close",))
+
+    # ------------------------------------------------------------------ writer thread
+    def _write_loop(self) -> None:
+        cpu = time.thread_time()
+        try:
+            while True:
+                job = self._jobs.get()
+                if job[0] == "stop":
+                    if self._status == FAILED:
+                        self._write_failed_state()
+                    return
+                if job[0] == "failed":
+                    self._write_failed_state()
+                    return
+                if self._status != RECORDING:
+                    continue  # failed meanwhile: discard
+                try:
+                    if job[0] == "segment":
+                        self._write_segment(*job[1:])
+                    elif job[0] == "close":
+                        self._write_closed_state()
+                except Exception as exc:  # noqa: BLE001 - reported, never raised
+                    self._fail(exc)
+        finally:
+            self.stats.writer_cpu_seconds = time.thread_time() - cpu
+
+    def _write_segment(self, index: int, plaintext: bytes, codec: str,
+                       entry: SegmentEntry) -> None:
+        started = time.perf_counter()
+        blob = seal(self._key, self._key_id, self.consultation_id, index, plaintext,
+                    prev_sha256=self._prev_hash)
+        metrics.RECORDING_ENCRYPT_SECONDS.observe(time.perf_counter() - started)
+        del plaintext
+        write_atomic(self.folder / entry.file, blob)
+        digest = hashlib.sha256(blob).digest()
+        entry.size = len(blob)
+        entry.sha256 = digest.hex()
+        manifest = self._manifest
+        if not manifest.container:
+            manifest.container = container_for(codec)
+            manifest.video_codec = codec
+        manifest.segments.append(entry)
+        self._prev_hash = digest
+        self._written_segments += 1
+        self.stats.segments += 1
+        self.stats.bytes += len(blob)
+        metrics.RECORDING_SEGMENTS.inc()
+        metrics.RECORDING_BYTES.inc(len(blob))
+        write_manifest(self.folder, self._key, manifest)
+
+    def _write_closed_state(self) -> None:
         self._manifest.state = STATE_CLOSED
         write_manifest(self.folder, self._key, self._manifest)
-        if self._video is not None:
-            self.stats.lost_frames = max(self.stats.lost_frames, self._video.lost_frames)
-        self._status = STOPPED
+        with self._status_lock:
+            if self._status != RECORDING:
+                return
+            self._status = STOPPED
         metrics.RECORDING_ACTIVE.dec()
         event(log, "recording_stopped", consultation=self.consultation_id,
               segments=len(self._manifest.segments),
               seconds=round(self._manifest.duration, 1), dropped=self.stats.dropped)
         self._notify(STOPPED)
 
-    def _fail(self, exc: BaseException) -> None:
-        if self._status == FAILED:
+    def _write_failed_state(self) -> None:
+        """Best effort after a failure: mark the manifest, remove temporary files."""
+        if not self.folder.is_dir():
             return
-        was_recording = self._status == RECORDING
-        self._status = FAILED
+        with contextlib.suppress(Exception):
+            self._manifest.state = STATE_FAILED
+            write_manifest(self.folder, self._key, self._manifest)
+        with contextlib.suppress(OSError):
+            remove_temp_files(self.folder)
+
+    # ------------------------------------------------------------------ failure
+    def _fail(self, exc: BaseException) -> None:
+        """Stop recording (any thread): one log line, a metric, on_status("failed")."""
+        with self._status_lock:
+            if self._status in (FAILED, STOPPED):
+                return
+            was_recording = self._status == RECORDING
+            self._status = FAILED
         self._accepting = False
         reason, detail = failure_reason(exc)
-        self._queue.clear()
-        self._heap.clear()
-        if self._seg is not None:
-            self._seg.muxer.abort()
-            self._seg = None
         metrics.RECORDING_ERRORS.labels(reason=reason).inc()
         if was_recording:
             metrics.RECORDING_ACTIVE.dec()
         event(log, "recording_failed", logging.ERROR, consultation=self.consultation_id,
-              reason=reason, detail=detail, segments_kept=len(self._manifest.segments))
-        if reason != "bad_existing_recording" and self.folder.is_dir():
-            with contextlib.suppress(Exception):
-                self._manifest.state = STATE_FAILED
-                write_manifest(self.folder, self._key, self._manifest)
-            with contextlib.suppress(OSError):
-                remove_temp_files(self.folder)
+              reason=reason, detail=detail)
+        if reason != "bad_existing_recording":
+            if self._writer is not None:
+                self._jobs.put(("failed",))  # the writer owns the manifest
+            else:
+                self._write_failed_state()
         self._notify(FAILED)

@@ -146,11 +146,14 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return result.returncode == 0
 
 
-def test_disk_full_stops_the_recording_not_the_call(rec_vp8_clip: EncodedClip,
-                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["event-loop", "thread"])
+async def test_disk_full_stops_the_recording_not_the_call(mode: str, rec_vp8_clip: EncodedClip,
+                                                          tmp_path: Path) -> None:
+    """On the SFU's event loop (the server) and without one (tools): the writer thread hits
+    ENOSPC, the recording fails cleanly, feeding never raises, the metric counts it."""
     mount = tmp_path / "small"
-    if not _mount_tmpfs(mount, "1m"):
-        _disk_full_with_rlimit(rec_vp8_clip, tmp_path)
+    if not await asyncio.to_thread(_mount_tmpfs, mount, "1m"):
+        await asyncio.to_thread(_disk_full_with_rlimit, rec_vp8_clip, tmp_path)
         return
     try:
         errors = metrics.RECORDING_ERRORS.labels(reason="disk_full")
@@ -161,21 +164,35 @@ def test_disk_full_stops_the_recording_not_the_call(rec_vp8_clip: EncodedClip,
         rec = Recorder(CID, key, data_key_id(key),
                        RecordingConfig(segment_seconds=2.0, queue_packets=100_000), mount,
                        on_status=statuses.append)
-        rec.start()
-        assert metrics.RECORDING_ACTIVE._value.get() == active_before + 1
-        _feed_until_failed(rec, forwarded_packets(rec_vp8_clip, repeat=8))
-        rec.close_blocking(timeout=30)
+        packets = forwarded_packets(rec_vp8_clip, repeat=8)
+        if mode == "thread":
+            await asyncio.to_thread(_start_feed_close, rec, packets)
+        else:
+            rec.start()
+            assert metrics.RECORDING_ACTIVE._value.get() == active_before + 1
+            for i, p in enumerate(packets):
+                rec.on_packet(p)  # must never raise, before or after the failure
+                if i % 400 == 399:
+                    await asyncio.sleep(0.1)
+            await rec.close()
+            await asyncio.sleep(0.05)  # status callbacks run on the loop
         assert rec.status == "failed"
         assert statuses == ["recording", "failed"]
         assert errors._value.get() == errors_before + 1
         assert metrics.RECORDING_ACTIVE._value.get() == active_before
-        rec.on_packet(forwarded_packets(rec_vp8_clip)[0])  # the SFU keeps calling: no exception
+        rec.on_packet(packets[0])  # the SFU keeps calling: no exception
         assert not [p for p in (mount / CID).iterdir() if p.name.endswith(TEMP_SUFFIX)]
         report = verify_recording(mount, CID, key)  # what was written before stays valid
         assert report.ok, report.problems
         assert report.segments >= 2
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        await asyncio.to_thread(subprocess.run, ["umount", str(mount)], check=False)
+
+
+def _start_feed_close(rec: Recorder, packets: list[ForwardedPacket]) -> None:
+    rec.start()  # no event loop in this thread: the recorder's own processing thread
+    _feed_until_failed(rec, packets)
+    rec.close_blocking(timeout=30)
 
 
 def _disk_full_with_rlimit(clip: EncodedClip, tmp_path: Path) -> None:
