@@ -166,19 +166,27 @@ class VideoAssembler:
             start = self._next
             ts = pending[start].timestamp
             end = self._scan  # packets start.._scan-1 are known present, same timestamp
-            complete = False
+            complete = lost = False
             while True:
                 q = pending.get(end)
                 if q is None:
                     break
                 if q.timestamp != ts:
-                    end -= 1  # timestamp changed without a marker: previous frame ended
-                    complete = True
+                    # The next frame began but this one never got its marker: its last
+                    # packet was lost (or its publisher was replaced mid-frame).
+                    for s in range(start, end):
+                        del pending[s]
+                        self.discarded_packets += 1
+                    self._next = end - 1  # so that a keyframe starting at ``end`` counts
+                    self._lose()
+                    lost = True
                     break
                 if q.marker:
                     complete = True
                     break
                 end += 1
+            if lost:
+                continue  # from the next keyframe, if it is here already
             if not complete:
                 self._scan = end
                 break

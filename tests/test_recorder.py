@@ -186,26 +186,29 @@ async def test_loss_waits_for_a_keyframe_and_reordering_is_repaired(rec_vp8_clip
                                                                     tmp_path: Path) -> None:
     packets = forwarded_packets(rec_vp8_clip)
     video = [i for i, p in enumerate(packets) if p.track == "citizen-video"]
-    # lose one packet of frame 45 (mid-GOP): frames 45..59 cannot decode, 60 is a keyframe
+    # lose one packet of frame 45 (mid-GOP): frames 45..59 cannot decode, 60 is a keyframe;
+    # and the last packet of frame 100: frames 100..119 go, 120 is a keyframe
     frames: list[list[int]] = []
     for i in video:
         if not frames or packets[frames[-1][-1]].marker:
             frames.append([])
         frames[-1].append(i)
     lost = frames[45][0]
+    lost_marker = frames[100][-1]  # a frame's last packet: the next timestamp shows it
+    assert packets[lost_marker].marker
     rng = random.Random(7)
-    out = [p for i, p in enumerate(packets) if i != lost]
+    out = [p for i, p in enumerate(packets) if i not in (lost, lost_marker)]
     # and reorder some neighbouring packets elsewhere (arrival order, not sequence order)
     for _ in range(40):
         j = rng.randrange(len(out) - 1)
-        if out[j].track == out[j + 1].track and j + 1 < len(out) and abs(j - lost) > 20:
+        if out[j].track == out[j + 1].track and min(abs(j - lost), abs(j - lost_marker)) > 20:
             out[j], out[j + 1] = out[j + 1], out[j]
     rec, key, requests = await record(out, tmp_path)
-    assert rec.stats.lost_frames >= 1
+    assert rec.stats.lost_frames >= 2
     recorded = [p[2] for pt in decrypt_all(tmp_path, key) for p in demux(pt)
                 if p[0] == "citizen-video"]
     published = [v for v, _ in rec_vp8_clip.video]
-    assert recorded == published[:45] + published[60:]
+    assert recorded == published[:45] + published[60:100] + published[120:]
     assert verify_recording(tmp_path, CID, key).ok
 
 
