@@ -86,8 +86,12 @@ def host_addresses(addresses: list[str]) -> Iterator[None]:
 
 
 def rtc_configuration(ice_server_urls: list[str]) -> RTCConfiguration:
-    """An explicit configuration: only the configured STUN/TURN URLs (maybe none)."""
-    return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_server_urls])
+    """An explicit configuration for the SFU's own peers: the configured STUN URLs only
+    (maybe none). TURN URLs in ``[sfu] ice_servers`` are for browsers behind strict
+    networks; the server has a reachable address and never relays itself (a TURN entry
+    without credentials would only stall gathering)."""
+    stun = [u for u in ice_server_urls if u.strip().lower().startswith("stun:")]
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in stun])
 
 
 def tune_sockets(connection: aioice.ice.Connection, rcvbuf: int) -> int:

@@ -302,3 +302,16 @@ async def test_fast_path_parses_what_forwarding_needs() -> None:
                 st.pack("!BBHII", 0xA0, 111, 1, 2, 3) + b"x\x09"):
         assert await d(bad) is True
     assert d.malformed == 2 and len(stream.got) == 2
+
+
+def test_sfu_ice_configuration_is_explicit() -> None:
+    from sfu import ice
+
+    cfg = ice.rtc_configuration([])
+    assert cfg.iceServers == []  # never aiortc's default public STUN server
+    cfg = ice.rtc_configuration(["stun:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=udp"])
+    assert [s.urls for s in cfg.iceServers] == ["stun:127.0.0.1:3478"]
+    assert ice.bind_addresses(["203.0.113.7=10.0.0.5", "127.0.0.1"]) == ["10.0.0.5",
+                                                                          "127.0.0.1"]
+    assert ice.advertised_map(["203.0.113.7=10.0.0.5", "127.0.0.1"]) == {
+        "10.0.0.5": "203.0.113.7"}
