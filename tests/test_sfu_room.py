@@ -33,7 +33,16 @@ async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -
         await asyncio.sleep(0.02)
 
 
+def metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_staff_audio_data_channel_events_and_sink(sfu: LocalSfu, vp8_clip: Clip) -> None:
+    forwarded_before = metric("madoguchi_sfu_forwarded_packets_total", kind="video")
+    rr_before = metric("madoguchi_sfu_subscriber_loss_ratio_count", kind="video")
+    peers_before = metric("madoguchi_sfu_active_peers", role="staff")
     room = sfu.room("room-basics")
     events: list[tuple[str, dict]] = []
     room.on_event(lambda n, d: events.append((n, dict(d))))
@@ -67,7 +76,15 @@ async def test_staff_audio_data_channel_events_and_sink(sfu: LocalSfu, vp8_clip:
     timed = [p for p in sink.packets if p.track == "citizen-video" and p.ntp_time][-1]
     assert abs(timed.ntp_time - time.time()) < 2.0
 
+    # metrics: packets forwarded (flushed once a second), viewer RRs, peers
+    await wait_until(lambda: metric("madoguchi_sfu_forwarded_packets_total", kind="video")
+                     > forwarded_before, what="forwarded packets metric")
+    await wait_until(lambda: metric("madoguchi_sfu_subscriber_loss_ratio_count", kind="video")
+                     > rr_before, what="a viewer RR in the metrics")
+    assert metric("madoguchi_sfu_active_peers", role="staff") == peers_before + 1
+
     await room.disconnect_staff("officer-1")
+    assert metric("madoguchi_sfu_active_peers", role="staff") == peers_before
     assert ("staff_disconnected", {"viewer": "officer-1"}) in events
     await staff.close()
     await citizen.close()
