@@ -33,6 +33,7 @@ class ServerConfig:
     data_dir: str = "var"
     web_root: str = ""
     max_message_bytes: int = 65536
+    max_call_minutes: float = 180.0
 
 
 @dataclass
@@ -60,6 +61,7 @@ class LinksConfig:
     signalling_token_seconds: int = 300
     secret_file: str = ""
     lookups_per_minute: int = 30
+    reconnect_grace_minutes: float = 10.0
 
 
 @dataclass

@@ -112,6 +112,8 @@ class ConsultationService:
         self._rooms_wired: set[str] = set()
         # Monotonic instants of the latest offers, per (consultation, viewer or "" = citizen).
         self._offer_times: dict[tuple[str, str], float] = {}
+        # Monotonic instant a live call's citizen dropped (cleared when it reconnects).
+        self._citizen_gone: dict[str, float] = {}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -403,6 +405,7 @@ class ConsultationService:
     async def _close_room(self, cid: str) -> None:
         for key in [k for k in self._offer_times if k[0] == cid]:
             del self._offer_times[key]
+        self._citizen_gone.pop(cid, None)
         if self._stop_recording is not None:
             await self._stop_recording(cid)
         if cid in self._rooms_wired:
@@ -429,10 +432,24 @@ class ConsultationService:
             elif c.state == LIVE and c.id not in self._rooms_wired:
                 await self.end(c.id, "server_restart")
                 count += 1
+            elif c.state == LIVE and self._abandoned(c, now):
+                await self.end(c.id, self._abandoned(c, now))
+                count += 1
             elif c.state == LIVE and c.deadline < now + self.period - 60:
                 await self.store.update_consultation(c.id, {"deadline": now + self.period},
                                                      expect_states=(LIVE,))
         return count
+
+    def _abandoned(self, c: Consultation, now: float) -> str:
+        """Why a live call should end by itself ("" if it should not): too long, or the
+        citizen gone past the reconnect grace. Either way its deletion deadline starts."""
+        if now - c.times.get(LIVE, now) > self.cfg.server.max_call_minutes * 60:
+            return "max_duration"
+        gone = self._citizen_gone.get(c.id)
+        grace = self.cfg.links.reconnect_grace_minutes * 60
+        if gone is not None and time.monotonic() - gone > grace:
+            return "citizen_lost"
+        return ""
 
     def _wire_room(self, c: Consultation, room: Room) -> None:
         if c.id in self._rooms_wired:
@@ -442,7 +459,11 @@ class ConsultationService:
 
         def on_event(name: str, data: dict[str, Any]) -> None:
             if name in ("citizen_connected", "citizen_media"):
+                self._citizen_gone.pop(cid, None)
                 asyncio.ensure_future(self._went_live(cid))
+            elif name == "citizen_disconnected":
+                self._citizen_gone.setdefault(cid, time.monotonic())
+                self.hub.consultations_changed(cid)
             elif name == "first_frame":
                 # From the later of the two offers (citizen's start, viewer's open).
                 viewer = self._offer_times.get((cid, str(data.get("viewer", ""))))
@@ -450,7 +471,7 @@ class ConsultationService:
                 if viewer is not None and citizen is not None:
                     metrics.CLICK_TO_FIRST_FRAME.observe(
                         max(0.0, time.monotonic() - max(viewer, citizen)))
-            elif name in ("citizen_disconnected", "staff_connected", "staff_disconnected"):
+            elif name in ("staff_connected", "staff_disconnected"):
                 self.hub.consultations_changed(cid)
 
         room.on_event(on_event)

@@ -130,3 +130,49 @@ async def test_only_https_links_reach_the_citizen(harness) -> None:
         with pytest.raises(ConsultationError) as err:
             await service.send_link(STAFF, c.id, url, "")
         assert err.value.code == "invalid_url"
+
+
+async def _live(service: ConsultationService, sms: ConsoleProvider) -> str:
+    c = await service.create(STAFF, "090-5555-6666")
+    await service.consent(token_from(sms, c.id), "")
+    service._rooms_wired.add(c.id)  # as if the citizen's media had arrived in this process
+    await service._went_live(c.id)
+    return c.id
+
+
+async def test_running_calls_keep_their_data_and_forgotten_calls_end(harness) -> None:
+    service, sms, clock = harness
+    cid = await _live(service, sms)
+    for _ in range(6):  # 2.5 h of a running call: never deleted mid-call
+        clock.advance(25 * 60)
+        await service.expire_due()
+        c = await service.store.get_consultation(cid)
+        assert c is not None and c.state == "live" and c.deadline > clock.now() + 23 * 3600
+    clock.advance(31 * 60)  # past [server] max_call_minutes = 180
+    await service.expire_due()
+    c = await service.store.get_consultation(cid)
+    assert c is not None and c.state == "ended" and c.end_reason == "max_duration"
+    assert c.deadline == clock.now() + 24 * 3600
+
+
+async def test_a_citizen_gone_past_the_grace_ends_the_call(harness) -> None:
+    import time
+
+    service, sms, clock = harness
+    cid = await _live(service, sms)
+    service._citizen_gone[cid] = time.monotonic() - 9 * 60
+    await service.expire_due()
+    assert (await service.store.get_consultation(cid)).state == "live"  # type: ignore[union-attr]
+    service._citizen_gone[cid] = time.monotonic() - 11 * 60
+    await service.expire_due()
+    c = await service.store.get_consultation(cid)
+    assert c is not None and c.state == "ended" and c.end_reason == "citizen_lost"
+
+
+async def test_a_live_call_without_a_room_here_was_cut_by_a_restart(harness) -> None:
+    service, sms, clock = harness
+    cid = await _live(service, sms)
+    service._rooms_wired.discard(cid)
+    await service.expire_due()
+    c = await service.store.get_consultation(cid)
+    assert c is not None and c.end_reason == "server_restart"
