@@ -12,7 +12,7 @@ import re
 
 import aiohttp
 
-from madoguchi.bench.media import Clip, citizen_client, staff_client
+from madoguchi.bench.media import ClientPeer, Clip, citizen_client, staff_client
 from tests.fixtures.server import ServerHandle, StaffClient
 from tests.test_signalling_api import Citizen, create, receive, token_of
 
@@ -27,6 +27,18 @@ async def _wait_state(staff: StaffClient, cid: str, state: str, timeout: float =
         await asyncio.sleep(0.1)
 
 
+async def join_call(phone: Citizen, citizen: ClientPeer, link: str
+                    ) -> aiohttp.ClientWebSocketResponse:
+    """Consent on the link, open the signalling socket, offer, connect the media."""
+    _, consent = await phone.post("/api/citizen/consent", {"token": token_of(link)})
+    ws = await phone.socket(consent["signalling_token"])
+    await receive(ws, "ready")
+    await ws.send_json({"type": "offer", "sdp": await citizen.offer()})
+    await citizen.accept((await receive(ws, "answer"))["sdp"])
+    await asyncio.wait_for(citizen.connected.wait(), 15)
+    return ws
+
+
 async def test_whole_consultation_with_media(madoguchi_server: ServerHandle,
                                              vp8_clip: Clip, vp8_clip_b: Clip) -> None:
     server = madoguchi_server
@@ -39,12 +51,7 @@ async def test_whole_consultation_with_media(madoguchi_server: ServerHandle,
         viewer = staff_client("VP8", talk=vp8_clip_b)
         staff_ws = None
         try:
-            _, consent = await phone.post("/api/citizen/consent", {"token": token_of(c["link"])})
-            ws = await phone.socket(consent["signalling_token"])
-            await receive(ws, "ready")
-            await ws.send_json({"type": "offer", "sdp": await citizen.offer()})
-            await citizen.accept((await receive(ws, "answer"))["sdp"])
-            await asyncio.wait_for(citizen.connected.wait(), 15)
+            ws = await join_call(phone, citizen, c["link"])
             live = await _wait_state(staff, cid, "live")
             assert live["state"] == "live" and live["recording_status"] == "recording"
 
@@ -126,12 +133,7 @@ async def test_a_call_cut_by_a_crash_ends_and_gets_its_deadline(server_factory,
     phone = Citizen(server)
     citizen = citizen_client(vp8_clip)
     try:
-        _, consent = await phone.post("/api/citizen/consent", {"token": token_of(c["link"])})
-        ws = await phone.socket(consent["signalling_token"])
-        await receive(ws, "ready")
-        await ws.send_json({"type": "offer", "sdp": await citizen.offer()})
-        await citizen.accept((await receive(ws, "answer"))["sdp"])
-        await asyncio.wait_for(citizen.connected.wait(), 15)
+        await join_call(phone, citizen, c["link"])
         async with StaffClient(server) as staff:
             await staff.login()
             assert (await _wait_state(staff, c["id"], "live"))["state"] == "live"
