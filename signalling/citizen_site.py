@@ -38,51 +38,68 @@ AUTH_TIMEOUT = 10.0
 
 
 class AddressRateLimiter:
-    """Sliding-window limit of link lookups per client address (scanners, not citizens)."""
+    """Sliding-window limit of *failed* link lookups per client address.
+
+    Scanners fail almost every lookup, citizens almost never; counting failures only
+    keeps phones behind one carrier-grade NAT address usable. Once an address is over
+    the limit, every lookup from it is refused before any hashing or store access.
+    """
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
-        self._hits: dict[str, deque[float]] = {}
+        self._failures: dict[str, deque[float]] = {}
 
-    def allow(self, address: str) -> bool:
+    def _window(self, address: str) -> deque[float]:
         now = time.monotonic()
-        hits = self._hits.setdefault(address, deque())
+        hits = self._failures.setdefault(address, deque())
         while hits and hits[0] <= now - 60:
             hits.popleft()
-        if len(hits) >= self.per_minute:
-            return False
-        hits.append(now)
-        if len(self._hits) > 10_000:  # bound memory under a scan from many addresses
-            for key in [k for k, v in self._hits.items() if not v]:
-                del self._hits[key]
-        return True
+        return hits
+
+    def blocked(self, address: str) -> bool:
+        blocked = len(self._window(address)) >= self.per_minute
+        if not blocked and not self._failures.get(address):
+            self._failures.pop(address, None)
+        return blocked
+
+    def failed(self, address: str) -> None:
+        self._window(address).append(time.monotonic())
+        if len(self._failures) > 10_000:  # bound memory under a scan from many addresses
+            for key in [k for k, v in self._failures.items() if not v]:
+                del self._failures[key]
 
 
 LIMITER = web.AppKey("limiter", AddressRateLimiter)
 
 
-def _refused(reason: str) -> None:
+def _refused(reason: str, request: web.Request | None = None) -> None:
     metrics.LINK_REFUSALS.labels(reason=reason).inc()
+    if request is not None and reason in ("unknown", "expired", "ended"):
+        request.app[LIMITER].failed(request.remote or "?")
+
+
+def _blocked(request: web.Request) -> bool:
+    if request.app[LIMITER].blocked(request.remote or "?"):
+        _refused("rate_limited")
+        return True
+    return False
 
 
 def _limit(request: web.Request) -> None:
-    limiter: AddressRateLimiter = request.app[LIMITER]
-    if not limiter.allow(request.remote or "?"):
-        _refused("rate_limited")
+    if _blocked(request):
         fail(429, "rate_limited", "Too many requests; please wait a minute.")
 
 
 async def link_page(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     web_root = request.app[WEB_ROOT]
-    if not request.app[LIMITER].allow(request.remote or "?"):
-        _refused("rate_limited")
+    if _blocked(request):
         return html_page(web_root / "busy.html", 429)
     try:
         await service.find_link(request.match_info["token"],
                                 request.cookies.get(DEVICE_COOKIE, ""))
     except LinkRefused as exc:
-        _refused(exc.reason)
+        _refused(exc.reason, request)
         if exc.reason == "in_use":
             return html_page(web_root / "in-use.html", 409)
         # One page and one status for expired, ended, revoked and unknown: no hint which.
@@ -90,8 +107,8 @@ async def link_page(request: web.Request) -> web.Response:
     return html_page(web_root / "citizen" / "index.html")
 
 
-def _refusal_json(exc: LinkRefused) -> None:
-    _refused(exc.reason)
+def _refusal_json(request: web.Request, exc: LinkRefused) -> None:
+    _refused(exc.reason, request)
     if exc.reason == "in_use":
         fail(409, "link_in_use", "This link is already in use on another device.")
     fail(404, "link_unusable", "This link can no longer be used.")
@@ -106,7 +123,7 @@ async def api_open(request: web.Request) -> web.Response:
     try:
         c = await service.open_link(token, device)
     except LinkRefused as exc:
-        _refusal_json(exc)
+        _refusal_json(request, exc)
     return web.json_response({
         "state": c.state, "recording": c.recording,
         "lifetime_minutes": service.cfg.links.lifetime_minutes,
@@ -127,7 +144,7 @@ async def api_consent(request: web.Request) -> web.Response:
     try:
         c, cookie, signalling = await service.consent(token, request.cookies.get(DEVICE_COOKIE, ""))
     except LinkRefused as exc:
-        _refusal_json(exc)
+        _refusal_json(request, exc)
     response = web.json_response({"signalling_token": signalling, "state": c.state})
     _set_device_cookie(response, cookie, 24 * 3600)
     return response
@@ -141,7 +158,7 @@ async def api_reconnect(request: web.Request) -> web.Response:
     try:
         c, signalling = await service.reconnect(token, request.cookies.get(DEVICE_COOKIE, ""))
     except LinkRefused as exc:
-        _refusal_json(exc)
+        _refusal_json(request, exc)
     return web.json_response({"signalling_token": signalling, "state": c.state})
 
 
