@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from recorder.layout import TEMP_SUFFIX
@@ -29,16 +30,19 @@ def ensure_dir(folder: Path, mode: int = 0o700) -> None:
     fsync_dir(folder.parent)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably; raises OSError (ENOSPC...)."""
+def write_atomic(path: Path, data: bytes | Sequence[bytes], mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` (bytes, or parts written one after the other)
+    atomically and durably; raises OSError (ENOSPC...)."""
     tmp = path.with_name(path.name + TEMP_SUFFIX)
+    parts = (data,) if isinstance(data, bytes | bytearray | memoryview) else data
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
             os.fsync(fd)
         finally:
             os.close(fd)

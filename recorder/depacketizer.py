@@ -10,7 +10,7 @@ packet is one frame; a short reorder window puts late packets back in order.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiortc.codecs import h264_depayload
@@ -35,6 +35,9 @@ class EncodedFrame:
     ssrc: object
 
 
+_NONE: tuple[EncodedFrame, ...] = ()  # no frame completed (no list allocated per packet)
+
+
 def vp8_depayload(payload: bytes) -> bytes:
     """Strip the VP8 payload descriptor (RFC 7741 4.2); a fast aiortc.codecs.vp8_depayload."""
     size = 1
@@ -56,21 +59,6 @@ def _ssrc(p: ForwardedPacket) -> object:
     return p.extra.get("ssrc") if p.extra else None
 
 
-class _SeqUnwrapper:
-    def __init__(self) -> None:
-        self.highest: int | None = None
-
-    def __call__(self, seq: int) -> int:
-        if self.highest is None:
-            self.highest = seq
-            return seq
-        delta = ((seq - self.highest + 0x8000) & 0xFFFF) - 0x8000
-        ext = self.highest + delta
-        if ext > self.highest:
-            self.highest = ext
-        return ext
-
-
 class VideoAssembler:
     """Packets of one video track in, complete frames out (starting at a keyframe)."""
 
@@ -81,7 +69,7 @@ class VideoAssembler:
         self._depayload = vp8_depayload if self.codec == "VP8" else h264_depayload
         self._is_key = vp8_is_keyframe if self.codec == "VP8" else h264_is_keyframe
         self._on_loss = on_loss
-        self._unwrap = _SeqUnwrapper()
+        self._highest: int | None = None  # extended sequence numbers (unwrapped inline)
         self._pending: dict[int, ForwardedPacket] = {}
         self._next: int | None = None  # extended seq that starts the next frame
         self._scan = 0  # first seq of the current frame not yet seen
@@ -95,40 +83,52 @@ class VideoAssembler:
         self._pending.clear()
         self._next = None
         self._marker = None
-        self._unwrap = _SeqUnwrapper()
+        self._highest = None
 
-    def push(self, p: ForwardedPacket) -> list[EncodedFrame]:
-        ext = self._unwrap(p.sequence)
+    def push(self, p: ForwardedPacket) -> Sequence[EncodedFrame]:
+        seq = p.sequence
+        highest = self._highest
+        if highest is None:
+            ext = self._highest = seq
+        else:
+            ext = highest + ((seq - highest + 0x8000) & 0xFFFF) - 0x8000
+            if ext > highest:
+                self._highest = ext
         pending = self._pending
-        if self._next is None:
+        start = self._next
+        if start is None:
             if p.keyframe:
                 self._start_at(ext)
             elif len(pending) >= MAX_PENDING:
                 self.reset()
-        elif ext < self._next:
-            return []  # duplicate or too late
+        elif ext < start:
+            return _NONE  # duplicate or too late
         pending[ext] = p
-        if p.marker and (self._marker is None or ext < self._marker):
-            self._marker = ext
-        head = pending.get(self._next) if self._next is not None else None
+        marker = self._marker
+        if p.marker and (marker is None or ext < marker):
+            marker = self._marker = ext
+        start = self._next
+        head = pending.get(start) if start is not None else None
         # A frame can only complete on its marker, on a packet filling a gap before a
         # pending marker, or when the next frame's timestamp shows up (marker lost).
-        marker = self._marker
+        frames: Sequence[EncodedFrame]
         if p.marker or head is None or p.timestamp != head.timestamp \
                 or marker is not None and ext < marker:
             frames = self._drain()
-            self._marker = min((s for s, q in pending.items() if q.marker), default=None)
-            if self._next is None or not pending:
+            self._marker = min((s for s, q in pending.items() if q.marker), default=None) \
+                if pending else None
+            start = self._next
+            if start is None or not pending:
                 return frames
-            head = pending.get(self._next)
+            head = pending.get(start)
         else:
-            frames = []
-        start = self._next
+            frames = _NONE
         assert start is not None
-        oldest = head.arrival if head is not None else min(pending.items())[1].arrival
-        if ext - start > GAP_PACKETS or p.arrival - oldest > GAP_SECONDS:
+        if ext - start > GAP_PACKETS or p.arrival - (
+                head.arrival if head is not None else min(pending.items())[1].arrival) \
+                > GAP_SECONDS:
             self._lose()
-            frames += self._drain()
+            frames = [*frames, *self._drain()]
         return frames
 
     def flush(self) -> list[EncodedFrame]:
@@ -216,7 +216,7 @@ class AudioReorder:
     """Opus packets of one audio track in, in sequence order, out (one frame each)."""
 
     def __init__(self) -> None:
-        self._unwrap = _SeqUnwrapper()
+        self._highest: int | None = None  # extended sequence numbers (unwrapped inline)
         self._heap: list[tuple[int, int, ForwardedPacket]] = []
         self._last: int | None = None
         self._n = 0
@@ -224,17 +224,26 @@ class AudioReorder:
     def reset(self) -> None:
         self._heap.clear()
         self._last = None
-        self._unwrap = _SeqUnwrapper()
+        self._highest = None
 
-    def push(self, p: ForwardedPacket) -> list[EncodedFrame]:
-        ext = self._unwrap(p.sequence)
-        if self._last is not None and ext <= self._last:
-            return []  # duplicate or too late
+    def push(self, p: ForwardedPacket) -> Sequence[EncodedFrame]:
+        seq = p.sequence
+        highest = self._highest
+        if highest is None:
+            ext = self._highest = seq
+        else:
+            ext = highest + ((seq - highest + 0x8000) & 0xFFFF) - 0x8000
+            if ext > highest:
+                self._highest = ext
+        last = self._last
+        if last is not None and ext <= last:
+            return _NONE  # duplicate or too late
         heap = self._heap
-        if not heap and (self._last is None or ext == self._last + 1):  # in order: no wait
+        if not heap and (last is None or ext == last + 1):  # in order: no wait
             self._last = ext
-            return [EncodedFrame(p.track, p.timestamp, p.payload, True, p.arrival, p.ntp_time,
-                                 _ssrc(p))]
+            extra = p.extra
+            return (EncodedFrame(p.track, p.timestamp, p.payload, True, p.arrival, p.ntp_time,
+                                 extra.get("ssrc") if extra else None),)
         self._n += 1
         heapq.heappush(heap, (ext, self._n, p))
         out: list[EncodedFrame] = []

@@ -8,7 +8,6 @@ recording's single timeline.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +55,11 @@ class Manifest:
         return bytes.fromhex(self.segments[-1].sha256) if self.segments else ZERO_HASH
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        # what dataclasses.asdict gives (every field holds plain JSON values), without its
+        # recursive deep copy: rewritten after every segment, the manifest grows all call
+        fields = dict(vars(self))
+        fields["segments"] = [vars(s) for s in self.segments]
+        return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> Manifest:

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from recorder.manifest import (
     write_manifest,
 )
 from recorder.muxer import CITIZEN_AUDIO, STAFF_AUDIO, TRACKS, VIDEO, SegmentMuxer, container_for
-from recorder.segment import SegmentError, open_segment, seal
+from recorder.segment import SegmentError, open_segment, seal_parts
 from recorder.timeline import Timeline
 from sfu.interfaces import ForwardedPacket
 
@@ -66,6 +67,11 @@ KEYFRAME_RETRY_MS = 1000
 MAX_PENDING_SEGMENTS = 8  # sealed-and-written too slowly: the disk cannot keep up
 TRACK_INDEX = {name: i for i, name in enumerate(TRACKS)}
 _STOP = ("stop",)
+_RESET = None  # queued in place of a packet: packets before it were dropped, start over
+# Milliseconds of an Opus packet by its TOC byte, for the codes whose frame count the TOC
+# gives (0: one frame, 1-2: two); code 3 reads the next byte (opus_duration_samples).
+_OPUS_MS = {toc: opus_duration_samples(bytes((toc,))) * 1000 // 48000
+            for toc in range(256) if toc & 3 != 3}
 
 
 class _Failure(Exception):
@@ -152,8 +158,7 @@ class Recorder:
         self._status_lock = threading.Lock()
         self._accepting = False
         self._stopping = False
-        self._queue: deque[tuple[int, ForwardedPacket]] = deque()
-        self._epoch = 0
+        self._queue: deque[ForwardedPacket | None] = deque()
         self._dropping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -167,8 +172,8 @@ class Recorder:
         self.stats = RecorderStats()
         # processing side (event loop, or the processing thread)
         self._processed_final = False
-        self._seen_epoch = 0
         self._video: VideoAssembler | None = None
+        self._video_codec_name = ""  # ForwardedPacket.codec as the SFU spells it
         self._audio = {CITIZEN_AUDIO: AudioReorder(), STAFF_AUDIO: AudioReorder()}
         self._rates = [90000, 48000, 48000]
         self._warned: set[str] = set()
@@ -232,7 +237,7 @@ class Recorder:
                 self._drop()
                 return
             self._dropping = False
-            self._epoch += 1
+            queue_.append(_RESET)
         elif len(queue_) >= self._max_queue:
             self._dropping = True
             event(log, "recording_behind", logging.WARNING, consultation=self.consultation_id,
@@ -240,7 +245,7 @@ class Recorder:
             self._drop()
             self._keyframe_request()
             return
-        queue_.append((self._epoch, packet))
+        queue_.append(packet)
 
     def on_close(self) -> None:
         """The room closed: stop accepting packets and finish (flushes the last segment)."""
@@ -417,15 +422,17 @@ class Recorder:
 
     def _drain(self) -> None:
         queue_ = self._queue
+        popleft = queue_.popleft
+        handle = self._handle
         while queue_ and self._status == RECORDING:
-            epoch, packet = queue_.popleft()
-            if epoch != self._seen_epoch:
-                self._seen_epoch = epoch
+            packet = popleft()
+            if packet is _RESET:
                 if self._video is not None:
                     self._video.reset()
                 for reorder in self._audio.values():
                     reorder.reset()
-            self._handle(packet)
+            else:
+                handle(packet)
 
     def _handle(self, p: ForwardedPacket) -> None:
         idx = TRACK_INDEX.get(p.track)
@@ -433,21 +440,36 @@ class Recorder:
             self._warn_once(f"track:{p.track}", "recording_unknown_track")
             return
         if idx == VIDEO:
-            codec = p.codec.upper()
-            if self._video is None or self._video.codec != codec:
-                if codec not in ("VP8", "H264"):
-                    self._warn_once(f"codec:{codec}", "recording_unsupported_codec")
+            video = self._video
+            if video is None or p.codec != self._video_codec_name:
+                video = self._video_for(p.codec)
+                if video is None:
                     return
-                self._video = VideoAssembler(codec, on_loss=self._on_video_loss)
-            frames = self._video.push(p)
+            frames = video.push(p)
         else:
-            if p.codec.lower() != "opus":
-                self._warn_once(f"codec:{p.codec}", "recording_unsupported_codec")
+            codec = p.codec
+            if codec != "opus" and codec.lower() != "opus":
+                self._warn_once(f"codec:{codec}", "recording_unsupported_codec")
                 return
             frames = self._audio[idx].push(p)
-        self._rates[idx] = p.clock_rate
-        for frame in frames:
-            self._enqueue_frame(idx, frame, p.clock_rate)
+        if frames:
+            rate = self._rates[idx] = p.clock_rate
+            enqueue = self._enqueue_frame
+            for frame in frames:
+                enqueue(idx, frame, rate)
+        else:
+            self._rates[idx] = p.clock_rate
+
+    def _video_for(self, codec_name: str) -> VideoAssembler | None:
+        """The assembler for this video codec (a new one when the codec changes)."""
+        codec = codec_name.upper()
+        if codec not in ("VP8", "H264"):
+            self._warn_once(f"codec:{codec}", "recording_unsupported_codec")
+            return None
+        if self._video is None or self._video.codec != codec:
+            self._video = VideoAssembler(codec, on_loss=self._on_video_loss)
+        self._video_codec_name = codec_name
+        return self._video
 
     def _warn_once(self, key: str, name: str) -> None:
         if key not in self._warned:
@@ -461,18 +483,20 @@ class Recorder:
     def _enqueue_frame(self, idx: int, frame: EncodedFrame, rate: int) -> None:
         pts = self._timeline.to_ms(frame.track, frame.timestamp, rate, frame.arrival,
                                    frame.ntp_time, frame.ssrc)
-        self._order += 1
-        heapq.heappush(self._heap, (pts, self._order, idx, frame))
+        order = self._order = self._order + 1
+        heap = self._heap
+        heappush(heap, (pts, order, idx, frame))
         if pts > self._newest:
             self._newest = pts
             if pts - self._checked_at >= 100:  # keyframe timing needs no finer grain
                 self._checked_at = pts
                 self._maybe_request_keyframe()
-        heap = self._heap
         limit = self._newest - HOLD_MS
-        while heap and heap[0][0] <= limit and self._status == RECORDING:
-            pts, _, idx, frame = heapq.heappop(heap)
-            self._release(pts, idx, frame)
+        if heap[0][0] <= limit:
+            release = self._release
+            while heap and heap[0][0] <= limit and self._status == RECORDING:
+                pts, _, idx, frame = heappop(heap)
+                release(pts, idx, frame)
 
     def _maybe_request_keyframe(self) -> None:
         seg = self._seg
@@ -489,43 +513,51 @@ class Recorder:
             self._keyframe_request()
 
     def _release(self, pts: int, idx: int, frame: EncodedFrame) -> None:
+        seg = self._seg
         if idx == VIDEO and frame.keyframe:
             codec = self._video.codec if self._video is not None else "VP8"
             size = vp8_size(frame.data) if codec == "VP8" else h264_size(frame.data)
-            seg = self._seg
             if seg is None or pts - seg.start >= self._cut_ms or codec != seg.codec \
                     or size != (0, 0) and size != seg.size:
                 if seg is not None:
                     self._cut()
-                self._seg = _OpenSegment(index=self._next_index,
-                                         muxer=SegmentMuxer(codec, *size), start=pts,
-                                         size=size, codec=codec)
-        seg = self._seg
+                seg = self._seg = _OpenSegment(index=self._next_index,
+                                               muxer=SegmentMuxer(codec, *size), start=pts,
+                                               size=size, codec=codec)
         if seg is None:
             self.stats.skipped_frames += 1
             return
-        last = self._last_pts[idx]
+        last_pts = self._last_pts
+        last = last_pts[idx]
         if pts <= last:
             pts = last + 1
             self.stats.forced_monotonic += 1
-        self._last_pts[idx] = pts
+        last_pts[idx] = pts
+        data = frame.data
+        stats = self.stats
         if idx == VIDEO:
             if seg.last_video is not None:
-                seg.video_interval = max(1, pts - seg.last_video)
+                interval = pts - seg.last_video
+                seg.video_interval = interval if interval > 1 else 1
             seg.last_video = pts
-            duration = 0
             end = pts + seg.video_interval
             seg.video_frames += 1
-            self.stats.video_frames += 1
+            stats.video_frames += 1
+            seg.muxer.add(idx, pts, data, frame.keyframe)
         else:
-            duration = opus_duration_samples(frame.data) * 1000 // 48000
+            duration = _OPUS_MS.get(data[0]) if data else 0
+            if duration is None:
+                duration = opus_duration_samples(data) * 1000 // 48000
             end = pts + duration
             seg.audio_packets += 1
-        seg.muxer.add(idx, pts, frame.data, frame.keyframe, duration)
-        self.stats.frames += 1
-        seg.first_pts = pts if seg.first_pts is None else min(seg.first_pts, pts)
-        seg.last_pts = max(seg.last_pts, pts)
-        seg.end_pts = max(seg.end_pts, end)
+            seg.muxer.add(idx, pts, data, frame.keyframe, duration)
+        stats.frames += 1
+        if seg.first_pts is None or pts < seg.first_pts:
+            seg.first_pts = pts
+        if pts > seg.last_pts:
+            seg.last_pts = pts
+        if end > seg.end_pts:
+            seg.end_pts = end
 
     def _cut(self) -> None:
         """Finish the open segment's container and hand it to the writer thread."""
@@ -587,13 +619,16 @@ class Recorder:
     def _write_segment(self, index: int, plaintext: bytes, codec: str,
                        entry: SegmentEntry) -> None:
         started = time.perf_counter()
-        blob = seal(self._key, self._key_id, self.consultation_id, index, plaintext,
-                    prev_sha256=self._prev_hash)
+        header, body = seal_parts(self._key, self._key_id, self.consultation_id, index,
+                                  plaintext, prev_sha256=self._prev_hash)
         metrics.RECORDING_ENCRYPT_SECONDS.observe(time.perf_counter() - started)
         del plaintext
-        write_atomic(self.folder / entry.file, blob)
-        digest = hashlib.sha256(blob).digest()
-        entry.size = len(blob)
+        write_atomic(self.folder / entry.file, (header, body))  # the sealed file: header+body
+        sha = hashlib.sha256(header)
+        sha.update(body)
+        digest = sha.digest()
+        size = len(header) + len(body)
+        entry.size = size
         entry.sha256 = digest.hex()
         manifest = self._manifest
         if not manifest.container:
@@ -603,9 +638,9 @@ class Recorder:
         self._prev_hash = digest
         self._written_segments += 1
         self.stats.segments += 1
-        self.stats.bytes += len(blob)
+        self.stats.bytes += size
         metrics.RECORDING_SEGMENTS.inc()
-        metrics.RECORDING_BYTES.inc(len(blob))
+        metrics.RECORDING_BYTES.inc(size)
         write_manifest(self.folder, self._key, manifest)
 
     def _write_closed_state(self) -> None:

@@ -97,9 +97,19 @@ def parse_header(blob: bytes) -> SealedHeader:
 def seal(data_key: bytes, key_id: str, consultation_id: str, index: int, plaintext: bytes,
          *, prev_sha256: bytes = ZERO_HASH, kind: int = KIND_SEGMENT) -> bytes:
     """Encrypt ``plaintext`` into a sealed file (header + ciphertext + tag)."""
+    header, body = seal_parts(data_key, key_id, consultation_id, index, plaintext,
+                              prev_sha256=prev_sha256, kind=kind)
+    return header + body
+
+
+def seal_parts(data_key: bytes, key_id: str, consultation_id: str, index: int,
+               plaintext: bytes | memoryview, *, prev_sha256: bytes = ZERO_HASH,
+               kind: int = KIND_SEGMENT) -> tuple[bytes, bytes]:
+    """``seal`` as (header, ciphertext + tag): the sealed file is their concatenation.
+    Writing the two parts saves copying a whole segment into one new buffer."""
     nonce = os.urandom(NONCE_BYTES)
     header = encode_header(kind, key_id, consultation_id, index, prev_sha256, nonce)
-    return header + AESGCM(data_key).encrypt(nonce, plaintext, header)
+    return header, AESGCM(data_key).encrypt(nonce, plaintext, header)
 
 
 def open_segment(data_key: bytes, blob: bytes, *, key_id: str, consultation_id: str,

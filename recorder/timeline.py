@@ -18,7 +18,7 @@ from dataclasses import dataclass
 RESYNC_SECONDS = 2.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _TrackClock:
     rate: int
     ssrc: object
@@ -27,6 +27,7 @@ class _TrackClock:
     last_raw: int
     ext: int
     last_now: float = 0.0
+    publisher: str = ""  # "citizen" of "citizen-video": tracks of one publisher share NTP
 
 
 class Timeline:
@@ -40,16 +41,19 @@ class Timeline:
 
     def to_ms(self, track: str, timestamp: int, rate: int, arrival: float,
               ntp_time: float | None = None, ssrc: object = None) -> int:
-        if self._t0 is None:
-            self._t0 = arrival
-        now = arrival - self._t0
+        t0 = self._t0
+        if t0 is None:
+            t0 = self._t0 = arrival
+        now = arrival - t0
         clock = self._tracks.get(track)
         if clock is None or clock.ssrc != ssrc or clock.rate != rate:
             clock = self._anchor(track, timestamp, rate, now, ntp_time, ssrc)
         else:
             delta = ((timestamp - clock.last_raw + 0x80000000) & 0xFFFFFFFF) - 0x80000000
             jump = delta / rate
-            if abs(jump) > self.resync and abs(jump - (now - clock.last_now)) > self.resync:
+            resync = self.resync
+            if (jump > resync or -jump > resync) \
+                    and abs(jump - (now - clock.last_now)) > resync:
                 # RTP time leapt and the arrival clock did not follow: a new stream origin
                 # (not a pause, whose RTP gap matches the arrival gap, and not a delayed
                 # burst, whose RTP steps stay small): map it anew.
@@ -60,19 +64,20 @@ class Timeline:
                 clock.last_raw = timestamp
         clock.last_now = now
         seconds = clock.anchor_time + (clock.ext - clock.anchor_ext) / clock.rate
-        publisher = track.split("-", 1)[0]
-        if ntp_time is not None and publisher not in self._ntp_ref:
-            self._ntp_ref[publisher] = (ntp_time, seconds)
-        return self.offset_ms + max(0, round(seconds * 1000))
+        if ntp_time is not None and clock.publisher not in self._ntp_ref:
+            self._ntp_ref[clock.publisher] = (ntp_time, seconds)
+        ms = round(seconds * 1000)
+        return self.offset_ms + (ms if ms > 0 else 0)
 
     def _anchor(self, track: str, timestamp: int, rate: int, now: float,
                 ntp_time: float | None, ssrc: object) -> _TrackClock:
         when = now
-        ref = self._ntp_ref.get(track.split("-", 1)[0])
+        publisher = track.split("-", 1)[0]
+        ref = self._ntp_ref.get(publisher)
         if ntp_time is not None and ref is not None:
             synced = ref[1] + (ntp_time - ref[0])
             if abs(synced - now) <= self.resync:
                 when = synced
-        clock = _TrackClock(rate, ssrc, timestamp, when, timestamp, timestamp, now)
+        clock = _TrackClock(rate, ssrc, timestamp, when, timestamp, timestamp, now, publisher)
         self._tracks[track] = clock
         return clock
