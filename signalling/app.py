@@ -21,6 +21,7 @@ from madoguchi.clock import Clock, SystemClock
 from madoguchi.config import Config, ConfigError
 from madoguchi.logs import event
 from signalling import citizen_site, staff_site
+from signalling.auth import Authenticator
 from signalling.httputil import ICE_SERVERS, MAX_BYTES, WEB_ROOT
 from signalling.hub import Hub
 from signalling.linktoken import SignallingTokens, load_secret
@@ -53,7 +54,6 @@ class Server:
         from recorder.service import RecordingService
         from sfu.sfu import LocalSfu
         from signalling.audit import AuditLog
-        from signalling.auth import Authenticator
         from signalling.consultations import ConsultationService
         from signalling.phone import load_phone_cipher
         from signalling.sms import make_provider
@@ -80,7 +80,6 @@ class Server:
             phone_cipher=load_phone_cipher(cfg), audit=self.audit, sfu=self.sfu, tokens=tokens,
             start_recording=self._start_recording if self.recording else None,
             stop_recording=self._stop_recording if self.recording else None)
-        self.auth = Authenticator(self.store, cfg.auth, self.clock, self.audit)
 
     async def _start_recording(self, c: Any, room: Any) -> None:
         assert self.recording is not None
@@ -91,12 +90,7 @@ class Server:
         assert self.recording is not None
         if await self.recording.stop(cid):
             await self.service.set_recording_status(cid, "stopped")
-        # The data key lives exactly as long as the call record: the end moved its deadline.
-        c = await self.store.get_consultation(cid)
-        key = await self.store.get_data_key(cid)
-        if c is not None and key is not None and key.deadline != c.deadline:
-            key.deadline = c.deadline
-            await self.store.put_data_key(key)
+        # (The store moves the data key's deadline with the consultation's.)
 
     def _recording_status(self, cid: str, status: str) -> None:
         asyncio.ensure_future(self.service.set_recording_status(cid, status))
@@ -171,6 +165,9 @@ class Server:
         citizen_ctx = citizen_ssl_context(cfg)
         staff_ctx = staff_ssl_context(cfg)
         crl_reloader = CrlReloader(cfg, staff_ctx)  # before the first handshake
+        # Sessions re-check the CRL in force on every request (keep-alive connections).
+        self.auth = Authenticator(self.store, cfg.auth, self.clock, self.audit,
+                                  is_revoked=crl_reloader.is_revoked)
         await self._listen("citizen", self.citizen_app(), cfg.server.citizen_host,
                            cfg.server.citizen_port, citizen_ctx)
         await self._listen("staff", self.staff_app(), cfg.server.staff_host,
