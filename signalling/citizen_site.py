@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from madoguchi import metrics
 from madoguchi.logs import event
@@ -28,6 +27,8 @@ from signalling.httputil import (
     html_page,
     read_json,
     str_field,
+    ws_object,
+    ws_objects,
 )
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
     except TimeoutError:
         await ws.close(code=4401, message=b"auth timeout")
         return ws
-    message = _parse(first)
+    message = ws_object(first)
     c = None
     if message and message.get("type") == "auth" and isinstance(message.get("token"), str):
         c = await service.check_signalling_token(message["token"])
@@ -187,13 +188,7 @@ async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
     async with service.hub.citizen_subscription(cid) as queue:
         pusher = asyncio.ensure_future(_push(ws, queue))
         try:
-            async for msg in ws:
-                data = _parse(msg)
-                if data is None:
-                    if msg.type == WSMsgType.TEXT:
-                        await ws.send_json({"type": "error", "error": "bad_message",
-                                            "message": "Messages must be JSON objects."})
-                    continue
+            async for data in ws_objects(ws):
                 await _handle_citizen(ws, service, cid, data)
         finally:
             pusher.cancel()
@@ -229,16 +224,6 @@ async def _push(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]])
         if message.get("type") == "ended":
             await ws.close()
             return
-
-
-def _parse(msg: Any) -> dict[str, Any] | None:
-    if msg.type != WSMsgType.TEXT:
-        return None
-    try:
-        data = json.loads(msg.data)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def add_routes(app: web.Application) -> None:

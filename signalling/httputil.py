@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 # Typed application keys shared by both sites.
 WEB_ROOT = web.AppKey("web_root", Path)
@@ -64,3 +65,25 @@ def str_field(data: dict[str, Any], name: str, max_len: int = 4096, required: bo
 def html_page(path: Path, status: int = 200) -> web.Response:
     return web.Response(body=path.read_bytes(), status=status,
                         content_type="text/html", charset="utf-8")
+
+
+def ws_object(msg: Any) -> dict[str, Any] | None:
+    """A WebSocket text message as a JSON object, or None."""
+    if msg.type != WSMsgType.TEXT:
+        return None
+    try:
+        data = json.loads(msg.data)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def ws_objects(ws: web.WebSocketResponse) -> AsyncIterator[dict[str, Any]]:
+    """Each JSON-object message of a socket; other text gets a clear ``bad_message``."""
+    async for msg in ws:
+        data = ws_object(msg)
+        if data is not None:
+            yield data
+        elif msg.type == WSMsgType.TEXT:
+            await ws.send_json({"type": "error", "error": "bad_message",
+                                "message": "Messages must be JSON objects."})

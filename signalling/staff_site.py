@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from madoguchi.logs import event
 from signalling.auth import Authenticator, LoginError, Principal, password_change_required
@@ -27,6 +26,7 @@ from signalling.httputil import (
     html_page,
     read_json,
     str_field,
+    ws_objects,
 )
 from signalling.tls import peer_certificate
 
@@ -177,17 +177,7 @@ async def staff_socket(request: web.Request) -> web.WebSocketResponse:
         pusher = asyncio.ensure_future(_push(ws, queue, service, actor))
         guard = asyncio.ensure_future(_revalidate(ws, request))
         try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    continue
-                try:
-                    data = json.loads(msg.data)
-                except ValueError:
-                    data = None
-                if not isinstance(data, dict):
-                    await ws.send_json({"type": "error", "error": "bad_message",
-                                        "message": "Messages must be JSON objects."})
-                    continue
+            async for data in ws_objects(ws):
                 if await request.app[AUTH].revalidate(request) is None:
                     await _session_ended(ws)
                     break

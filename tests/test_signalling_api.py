@@ -238,3 +238,29 @@ async def test_link_lookups_are_rate_limited_per_address(server_factory) -> None
     finally:
         await phone.close()
     assert 'madoguchi_link_refusals_total{reason="rate_limited"} 3.0' in server.metrics_text()
+
+
+async def test_sockets_answer_garbage_clearly(staff: StaffClient, citizens,
+                                              madoguchi_server: ServerHandle) -> None:
+    c = await create(staff)
+    phone = citizens()
+    _, consent = await phone.post("/api/citizen/consent", {"token": token_of(c["link"])})
+    ws = await phone.socket(consent["signalling_token"])
+    await receive(ws, "ready")
+    for garbage in ("not json", "[1, 2]", '{"type": "offer"}', '{"type": "nope"}'):
+        await ws.send_str(garbage)
+        assert (await receive(ws, "error"))["error"] in ("bad_message", "unknown_message")
+    await ws.send_json({"type": "offer", "sdp": "v=0\r\nthis is not sdp"})
+    assert (await receive(ws, "error"))["error"] == "bad_offer"
+    await ws.send_json({"type": "ping"})
+    await receive(ws, "pong")  # the socket survived all of it
+    await ws.close()
+    sock = await staff.session.ws_connect(madoguchi_server.staff_url.replace("https", "wss")
+                                          + "/ws/staff",
+                                          headers={"Origin": madoguchi_server.staff_url})
+    await receive(sock, "consultations")
+    await sock.send_str("{{{")
+    assert (await receive(sock, "error"))["error"] == "bad_message"
+    await sock.send_json({"type": "view", "id": c["id"], "sdp": "garbage"})
+    assert (await receive(sock, "error"))["error"] == "bad_offer"
+    await sock.close()
