@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
@@ -154,6 +154,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+
+T = TypeVar("T")
 
 class RedisLock:
     """``SET NX PX`` with a random owner token; only the owner can refresh or release."""
@@ -374,23 +376,14 @@ class RedisStore:
         return [StaffAccount.from_dict(json.loads(raw)) for raw in raws if raw]
 
     async def update_staff(self, username: str, changes: dict[str, Any]) -> StaffAccount | None:
+        def write(pipe: Any, raw: str) -> StaffAccount:
+            account = StaffAccount.from_dict({**json.loads(raw), **changes,
+                                              "username": username})
+            pipe.set(key, json.dumps(account.to_dict(), ensure_ascii=False))
+            return account
+
         key = self._k("staff", username)
-        async with self._errors():
-            async with self._r.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        raw = await pipe.get(key)
-                        if raw is None:
-                            return None
-                        account = StaffAccount.from_dict(
-                            {**json.loads(raw), **changes, "username": username})
-                        pipe.multi()
-                        pipe.set(key, json.dumps(account.to_dict(), ensure_ascii=False))
-                        await pipe.execute()
-                        return account
-                    except WatchError:
-                        continue
+        return await self._rewrite(key, write)
 
     async def remove_staff(self, username: str) -> bool:
         async with self._errors():
@@ -415,7 +408,17 @@ class RedisStore:
         return StaffSession.from_dict(json.loads(raw)) if raw else None
 
     async def update_session(self, id_hash: str, changes: dict[str, Any]) -> None:
+        def write(pipe: Any, raw: str) -> None:
+            session = StaffSession.from_dict({**json.loads(raw), **changes, "id_hash": id_hash})
+            pipe.set(key, json.dumps(session.to_dict()), ex=self._ttl(session.expires_at))
+            pipe.sadd(self._k("su", session.username), id_hash)
+
         key = self._k("s", id_hash)
+        await self._rewrite(key, write)
+
+    async def _rewrite(self, key: str, write: Callable[[Any, str], T]) -> T | None:
+        """Optimistic read-modify-write of one JSON key (WATCH/MULTI, retried on a race):
+        ``write(pipe, raw)`` queues the new value; None if the key does not exist."""
         async with self._errors():
             async with self._r.pipeline(transaction=True) as pipe:
                 while True:
@@ -423,15 +426,11 @@ class RedisStore:
                         await pipe.watch(key)
                         raw = await pipe.get(key)
                         if raw is None:
-                            return
-                        session = StaffSession.from_dict(
-                            {**json.loads(raw), **changes, "id_hash": id_hash})
+                            return None
                         pipe.multi()
-                        pipe.set(key, json.dumps(session.to_dict()),
-                                 ex=self._ttl(session.expires_at))
-                        pipe.sadd(self._k("su", session.username), id_hash)
+                        result = write(pipe, raw)
                         await pipe.execute()
-                        return
+                        return result
                     except WatchError:
                         continue
 
