@@ -91,6 +91,11 @@ def _limit(request: web.Request) -> None:
         fail(429, "rate_limited", "Too many requests; please wait a minute.")
 
 
+async def home_page(request: web.Request) -> web.Response:
+    """The site's root: what this service is (both languages, nothing personal)."""
+    return html_page(request.app[WEB_ROOT] / "index.html")
+
+
 async def link_page(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     web_root = request.app[WEB_ROOT]
@@ -228,6 +233,7 @@ async def _push(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]])
 
 def add_routes(app: web.Application) -> None:
     web_root = app[WEB_ROOT]
+    app.router.add_get("/", home_page)
     app.router.add_get("/c/{token}", link_page)
     app.router.add_post("/api/citizen/open", api_open)
     app.router.add_post("/api/citizen/consent", api_consent)
