@@ -191,6 +191,10 @@ async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
                         "recording": c.recording})
     event(log, "citizen_socket_open", consultation=cid, ward=c.ward)
     async with service.hub.citizen_subscription(cid) as queue:
+        # Messages not yet acknowledged go again on every new socket (after subscribing,
+        # so none falls between; the phone shows each id once).
+        for message in service.outbox.pending(cid):
+            queue.put_nowait(message)
         pusher = asyncio.ensure_future(_push(ws, queue))
         try:
             async for data in ws_objects(ws):
@@ -213,6 +217,8 @@ async def _handle_citizen(ws: web.WebSocketResponse, service: ConsultationServic
             await ws.send_json({"type": "error", "error": exc.code, "message": exc.message})
             return
         await ws.send_json({"type": "answer", "sdp": answer})
+    elif kind == "ack":
+        service.citizen_ack(cid, data.get("id"))
     elif kind == "end":
         await service.citizen_end(cid)
     elif kind == "ping":

@@ -23,6 +23,7 @@ from madoguchi.logs import event
 from sfu.interfaces import Room, Sfu, SfuError
 from signalling.hub import Hub
 from signalling.lifecycle import LINK_USABLE, OPEN_STATES, sources_of
+from signalling.messages import CitizenOutbox
 from signalling.linktoken import (
     SignallingTokens,
     device_hash,
@@ -114,6 +115,8 @@ class ConsultationService:
         self._offer_times: dict[tuple[str, str], float] = {}
         # Monotonic instant a live call's citizen dropped (cleared when it reconnects).
         self._citizen_gone: dict[str, float] = {}
+        # Staff -> citizen messages kept until the phone acknowledges them.
+        self.outbox = CitizenOutbox()
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -275,20 +278,33 @@ class ConsultationService:
             await self.store.update_consultation(cid, {"sms_status": status})
             self.hub.consultations_changed(cid)
 
-    async def send_link(self, actor: Actor, cid: str, url: str, title: str) -> None:
+    async def send_link(self, actor: Actor, cid: str, url: str, title: str) -> str:
+        """Push an https link to the citizen; returns the message id ("delivered" follows
+        on the staff socket once the phone acknowledges it)."""
         c = await self._get_visible(actor, cid)
         parts = urlsplit(url.strip())
         if parts.scheme != "https" or not parts.netloc or len(url) > 2000:
             raise ConsultationError("invalid_url", "Only https:// links can be sent.", 400)
         if c.state not in (CONSENTED, LIVE):
             raise ConsultationError("not_live", "The citizen is not connected.", 409)
-        message = {"type": "link", "url": url.strip(), "title": (title or "").strip()[:200]}
-        room = self.sfu.room(cid)
-        sent = room.send_to_citizen(message)
+        message = self.outbox.new(cid, "link", url=url.strip(),
+                                  title=(title or "").strip()[:200])
+        # The socket first (reliable, acknowledged), the data channel as a second copy.
         self.hub.to_citizen(cid, message)
+        sent = self.sfu.room(cid).send_to_citizen(message)
         event(log, "link_sent", consultation=cid, ward=c.ward, staff=actor.username,
-              channel="datachannel" if sent else "websocket")
+              message_id=message["id"], datachannel=sent)
         self._audit("send_link", actor, c)
+        return str(message["id"])
+
+    def citizen_ack(self, cid: str, message_id: object) -> None:
+        """The phone acknowledged a message: tell the staff consoles it was delivered."""
+        message = self.outbox.ack(cid, message_id)
+        if message is None:
+            return
+        event(log, "message_delivered", consultation=cid, message_id=message["id"])
+        self.hub.to_staff({"type": "delivered", "id": cid, "message_id": message["id"],
+                           "message_type": message["type"]})
 
     async def staff_view(self, actor: Actor, cid: str, viewer_id: str, sdp: str) -> str:
         c = await self._get_visible(actor, cid)
@@ -406,6 +422,7 @@ class ConsultationService:
         for key in [k for k in self._offer_times if k[0] == cid]:
             del self._offer_times[key]
         self._citizen_gone.pop(cid, None)
+        self.outbox.forget(cid)
         if self._stop_recording is not None:
             await self._stop_recording(cid)
         if cid in self._rooms_wired:

@@ -157,10 +157,11 @@ async def api_send_link(request: web.Request) -> web.Response:
     url = str_field(data, "url", 2000)
     title = str_field(data, "title", 200, required=False)
     try:
-        await service.send_link(_actor(request), request.match_info["cid"], url, title)
+        message_id = await service.send_link(_actor(request), request.match_info["cid"],
+                                             url, title)
     except ConsultationError as exc:
         return _consultation_error(exc)
-    return web.json_response({"ok": True})
+    return web.json_response({"ok": True, "id": message_id})
 
 
 async def staff_socket(request: web.Request) -> web.WebSocketResponse:

@@ -120,6 +120,9 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
     assert card.get_attribute("target") == "_blank"
     assert set((card.get_attribute("rel") or "").split()) >= {"noopener", "noreferrer"}
     assert SENT_TITLE in card.inner_text()
+    # The phone acknowledged it: the console says "delivered" for that message.
+    delivered = staff.page.wait_for_selector(tid("send-link-delivered"), state="visible")
+    assert delivered is not None and delivered.get_attribute("data-message-id")
 
     # Mute on either side disables the microphone track that is being sent.
     for who, hook in ((page, "mute"), (staff.page, "mute-mic")):

@@ -52,6 +52,7 @@ const state = {
   everLive: false,
   over: false, // ended, expired or refused: nothing more to do
   failedSessions: 0,
+  seen: new Set(), // ids of staff messages already shown (two paths, re-sends)
   reconnectTimer: 0,
   backoff: 1000,
   wakeLock: null,
@@ -257,7 +258,7 @@ async function connect() {
       setStatus("live");
       playStaffAudio();
     },
-    onLink: addLink,
+    onMessage,
     onEnded: () => finalScreen("ended"),
     onLost: () => {
       if (state.session !== session) return;
@@ -310,6 +311,15 @@ async function onSwitchCamera() {
   } finally {
     el.switchCam.disabled = false;
   }
+}
+
+/** A staff message (envelope {type, id, ...}): each id is shown once. */
+function onMessage(msg) {
+  if (typeof msg.id === "string") {
+    if (state.seen.has(msg.id)) return;
+    state.seen.add(msg.id);
+  }
+  if (msg.type === "link") addLink(msg);
 }
 
 /** A link pushed by staff: https only, opened without referrer or opener. */

@@ -10,7 +10,8 @@ const DISCONNECTED_GRACE_MS = 4000;
 /**
  * @typedef {object} SessionHandlers
  * @property {() => void} onLive          ICE + DTLS connected
- * @property {(msg: {url: string, title: string}) => void} onLink
+ * @property {(msg: {type: string, id?: string}) => void} onMessage  a staff message
+ *           ({type: "link", id, url, title}); may come twice (socket + data channel)
  * @property {(reason: string) => void} onEnded   the call is over (either side)
  * @property {(reason: string) => void} onLost    connection lost: reconnect may help
  * @property {(recording: boolean) => void} [onReady]
@@ -81,9 +82,6 @@ export class CallSession {
             await this.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
           }
           break;
-        case "link":
-          this.h.onLink(msg);
-          break;
         case "ended":
           this.finish(msg.reason || "ended");
           break;
@@ -91,6 +89,8 @@ export class CallSession {
           this.lost(`server_${msg.error || "error"}`);
           break;
         default:
+          // Staff messages ({type, id, ...}: "link", later others) carry an id.
+          if (typeof msg.id === "string" || msg.type === "link") this.deliver(msg);
           break;
       }
     } catch (err) {
@@ -106,8 +106,8 @@ export class CallSession {
     this.dc.addEventListener("message", (ev) => {
       try {
         const msg = JSON.parse(ev.data);
-        if (msg && msg.type === "link") this.h.onLink(msg);
-        else if (msg && msg.type === "ended") this.finish(msg.reason || "ended");
+        if (msg && msg.type === "ended") this.finish(msg.reason || "ended");
+        else if (msg && (typeof msg.id === "string" || msg.type === "link")) this.deliver(msg);
       } catch {
         /* not JSON: ignore */
       }
@@ -140,6 +140,13 @@ export class CallSession {
         if (this.pc && this.pc.connectionState !== "connected") this.lost("ice_disconnected");
       }, DISCONNECTED_GRACE_MS);
     }
+  }
+
+  /** A staff message from either path: acknowledged on the socket (every copy, so a
+   * repeat after a reconnect is acknowledged too), shown once by the page (by id). */
+  deliver(msg) {
+    this.h.onMessage(msg);
+    if (typeof msg.id === "string") this.send({ type: "ack", id: msg.id });
   }
 
   /** Replaces the camera track on the video sender (front/rear switch). */

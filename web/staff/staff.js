@@ -56,6 +56,7 @@ const viewer = new Viewer({
   sendLink: $("send-link"),
   linkError: $("send-link-error"),
   linkDone: $("send-link-done"),
+  linkDelivered: $("send-link-delivered"),
 }, socket, api, i18n, (id) => list.setViewing(id));
 
 let wsState = "closed";
@@ -212,6 +213,9 @@ function onSocketMessage(msg) {
       break;
     case "recording":
       viewer.onRecording(msg);
+      break;
+    case "delivered":
+      viewer.onDelivered(msg);
       break;
     case "error":
       if (msg.id) viewer.onError(msg);

@@ -33,6 +33,8 @@ export class Viewer {
     this.iceServers = [];
     this.recordingStatus = "";
     this.stallTimer = 0;
+    this.lastLinkId = ""; // id of the last link sent from this viewer
+    this.delivered = new Set(); // message ids the phone acknowledged (may precede the POST answer)
     this.wire();
   }
 
@@ -69,6 +71,7 @@ export class Viewer {
     this.el.mute.textContent = this.i18n.t(this.muted ? "viewer.unmute" : "viewer.mute");
     if (!this.el.micWarning.hidden) this.el.micWarning.textContent = this.i18n.t("viewer.no_mic");
     this.showRecording(this.recordingStatus);
+    if (!this.el.linkDelivered.hidden) this.el.linkDelivered.textContent = this.i18n.t("viewer.link_delivered");
   }
 
   showRecording(status) {
@@ -95,6 +98,9 @@ export class Viewer {
     this.el.sendLink.disabled = false;
     this.el.linkError.hidden = true;
     this.el.linkDone.hidden = true;
+    this.el.linkDelivered.hidden = true;
+    this.lastLinkId = "";
+    this.delivered.clear();
     this.showRecording(c.recording_status);
     this.onViewing(c.id);
     this.setStatus("connecting");
@@ -276,6 +282,7 @@ export class Viewer {
     const el = this.el;
     el.linkError.hidden = true;
     el.linkDone.hidden = true;
+    el.linkDelivered.hidden = true;
     const url = el.linkInput.value.trim();
     if (!/^https:\/\/[^\s/]+/i.test(url)) {
       el.linkError.textContent = this.i18n.t("viewer.link_https");
@@ -284,9 +291,11 @@ export class Viewer {
     }
     el.sendLink.disabled = true;
     try {
-      await this.api.sendLink(this.id, url, el.linkTitle.value.trim());
+      const answer = await this.api.sendLink(this.id, url, el.linkTitle.value.trim());
       el.linkDone.textContent = this.i18n.t("viewer.link_sent");
       el.linkDone.hidden = false;
+      this.lastLinkId = (answer && typeof answer.id === "string") ? answer.id : "";
+      this.showDelivered();
       el.linkInput.value = "";
       el.linkTitle.value = "";
     } catch (err) {
@@ -295,6 +304,21 @@ export class Viewer {
     } finally {
       el.sendLink.disabled = this.ended;
     }
+  }
+
+  /** The phone acknowledged a message (staff socket "delivered"). */
+  onDelivered(msg) {
+    if (msg.id !== this.id || typeof msg.message_id !== "string") return;
+    this.delivered.add(msg.message_id);
+    this.showDelivered();
+  }
+
+  showDelivered() {
+    const el = this.el.linkDelivered;
+    if (!this.lastLinkId || !this.delivered.has(this.lastLinkId)) return;
+    el.dataset.messageId = this.lastLinkId;
+    el.textContent = this.i18n.t("viewer.link_delivered");
+    el.hidden = false;
   }
 
   closePeer() {
