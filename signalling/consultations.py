@@ -23,7 +23,6 @@ from madoguchi.logs import event
 from sfu.interfaces import Room, Sfu, SfuError
 from signalling.hub import Hub
 from signalling.lifecycle import LINK_USABLE, OPEN_STATES, sources_of
-from signalling.messages import CitizenOutbox
 from signalling.linktoken import (
     SignallingTokens,
     device_hash,
@@ -33,6 +32,7 @@ from signalling.linktoken import (
     same_device,
     token_hash,
 )
+from signalling.messages import CitizenOutbox
 from signalling.phone import PhoneError, parse_phone
 from signalling.sms.interfaces import SmsError, SmsProvider
 from signalling.sms.template import render_sms
