@@ -48,6 +48,8 @@ from sfu.keyframe import detector
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_TIME_BASE = fractions.Fraction(1, 48000)
 AUDIO_FRAME_SAMPLES = 960  # 20 ms at 48 kHz
+# Bumped when the encoder settings change, so no cached clip of older settings is reused.
+ENCODER_SETTINGS = 2
 DEFAULT_CACHE = Path(os.environ.get("MADOGUCHI_CLIP_CACHE", "/tmp/madoguchi-clips"))
 
 
@@ -119,8 +121,10 @@ def _video_encoder(codec: str, width: int, height: int, fps: int, bitrate: int,
                    gop: int) -> Any:
     if codec == "VP8":
         ctx = av.CodecContext.create("libvpx", "w")
-        ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0",
-                       "minrate": str(bitrate), "maxrate": str(bitrate),
+        # "good" with a fixed cpu-used: in "realtime" libvpx picks its speed from how
+        # long frames take to encode, so the clip would differ from machine to machine
+        ctx.options = {"deadline": "good", "cpu-used": "5", "lag-in-frames": "0",
+                       "auto-alt-ref": "0", "minrate": str(bitrate), "maxrate": str(bitrate),
                        "bufsize": str(bitrate), "undershoot-pct": "95"}
     elif codec == "H264":
         ctx = av.CodecContext.create("libx264", "w")
@@ -137,7 +141,7 @@ def _video_encoder(codec: str, width: int, height: int, fps: int, bitrate: int,
     ctx.gop_size = gop
     ctx.framerate = fractions.Fraction(fps, 1)
     ctx.time_base = fractions.Fraction(1, fps)
-    ctx.thread_count = 2
+    ctx.thread_count = 1  # one thread: the same bytes on every machine
     return ctx
 
 
@@ -198,7 +202,8 @@ def encode_opus(seconds: float, bitrate: int = 32000) -> list[bytes]:
 def load_clip(cache_dir: Path | None = None, **params: Any) -> Clip:
     """:func:`encode_clip` with an on-disk cache keyed by the parameters."""
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    versioned = {**params, "encoder": ENCODER_SETTINGS}
+    key = hashlib.sha256(json.dumps(versioned, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"clip-{key}.bin"
     if path.exists():
         try:
