@@ -108,7 +108,7 @@ for _kind in ("audio", "video"):
     SUBSCRIBER_LOSS.labels(kind=_kind)
     SUBSCRIBER_JITTER.labels(kind=_kind)
     SUBSCRIBER_RTT.labels(kind=_kind)
-for _role in ("citizen", "staff"):  # sfu/room.py
+for _role in ("citizen", "staff", "review"):  # sfu/room.py, sfu/replay.py
     ACTIVE_PEERS.labels(role=_role)
 for _reason in LINK_REFUSAL_REASONS:
     LINK_REFUSALS.labels(reason=_reason)

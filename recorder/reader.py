@@ -1,0 +1,119 @@
+"""Read a recording back for review: the manifest, then one segment at a time, decrypted
+in memory and demuxed (never decoded) into the encoded frames the recorder muxed.
+
+    reader = RecordingReader(recording_dir, consultation_id, data_key)
+    manifest = reader.manifest()              # ReadError if missing or bad
+    frames = reader.frames(index)             # one segment's RecordedFrames, pts order
+
+Nothing is written: the plaintext of a segment lives only inside ``frames`` while it
+demuxes. Each segment is checked like ``verify`` does (authenticated header, its index,
+the sha256 the manifest lists), so a swapped or modified file is refused, not played.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from recorder.container import h264_access_unit_is_key
+from recorder.bitstream import vp8_is_keyframe
+from recorder.datakey import data_key_id
+from recorder.layout import consultation_dir
+from recorder.manifest import Manifest, SegmentEntry, read_manifest
+from recorder.muxer import TRACKS
+from recorder.segment import SegmentError, open_segment
+
+
+class ReadError(Exception):
+    """The recording cannot be read (gone, deleted meanwhile, or fails a check)."""
+
+
+@dataclass(slots=True)
+class RecordedFrame:
+    track: str  # "citizen-video", "citizen-audio", "staff-audio"
+    pts: int  # ms on the recording timeline
+    data: bytes  # the encoded frame exactly as muxed (VP8 frame, H.264 access unit, Opus)
+    keyframe: bool
+
+
+class RecordingReader:
+    def __init__(self, recording_dir: Path, consultation_id: str, data_key: bytes) -> None:
+        self.consultation_id = consultation_id
+        self.folder = consultation_dir(Path(recording_dir), consultation_id)
+        self._key = data_key
+        self._key_id = data_key_id(data_key)
+        self._manifest: Manifest | None = None
+
+    def manifest(self) -> Manifest:
+        """The sealed manifest (read once); ReadError when there is no usable recording."""
+        if self._manifest is None:
+            try:
+                manifest = read_manifest(self.folder, self._key, key_id=self._key_id,
+                                         consultation_id=self.consultation_id)
+            except SegmentError as exc:
+                raise ReadError(f"manifest: {exc}") from None
+            except OSError as exc:
+                raise ReadError(f"manifest unreadable ({exc.strerror})") from None
+            if manifest is None or not manifest.segments:
+                raise ReadError("no recorded segment")
+            self._manifest = manifest
+        return self._manifest
+
+    def segment_at(self, ms: int) -> int:
+        """Index (1-based) of the segment that holds recording time ``ms`` (clamped)."""
+        segments = self.manifest().segments
+        starts = [s.first_pts for s in segments]
+        pos = bisect.bisect_right(starts, ms) - 1
+        return segments[max(0, min(pos, len(segments) - 1))].index
+
+    def entry(self, index: int) -> SegmentEntry:
+        return self.manifest().segments[index - 1]
+
+    def frames(self, index: int) -> list[RecordedFrame]:
+        """Decrypt segment ``index`` in memory and demux it; ReadError if it fails."""
+        entry = self.entry(index)
+        try:
+            blob = (self.folder / entry.file).read_bytes()
+        except OSError as exc:
+            raise ReadError(f"segment {index} unreadable ({exc.strerror})") from None
+        if hashlib.sha256(blob).hexdigest() != entry.sha256:
+            raise ReadError(f"segment {index} differs from the manifest")
+        try:
+            _, plaintext = open_segment(self._key, blob, key_id=self._key_id,
+                                        consultation_id=self.consultation_id, index=index)
+        except SegmentError as exc:
+            raise ReadError(f"segment {index}: {exc}") from None
+        del blob
+        try:
+            return _demux(plaintext)
+        finally:
+            del plaintext
+
+
+def _demux(plaintext: bytes) -> list[RecordedFrame]:
+    out: list[RecordedFrame] = []
+    try:
+        with av.open(io.BytesIO(plaintext), "r") as container:
+            names = {s.index: s.metadata.get("title", "") for s in container.streams}
+            video = next((s for s in container.streams if s.type == "video"), None)
+            is_key = vp8_is_keyframe if video is None or video.codec_context.name == "vp8" \
+                else h264_access_unit_is_key
+            for packet in container.demux():
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                track = names.get(packet.stream.index, "")
+                if track not in TRACKS:
+                    continue
+                data = bytes(packet)
+                pts = int(packet.pts * packet.stream.time_base * 1000)
+                key = track == TRACKS[0] and is_key(data)
+                out.append(RecordedFrame(track, pts, data, key))
+    except av.FFmpegError as exc:
+        raise ReadError(f"container unreadable ({type(exc).__name__})") from None
+    out.sort(key=lambda f: f.pts)  # stable: each track keeps its own order
+    return out
