@@ -20,8 +20,8 @@ from pathlib import Path
 
 import av
 
-from recorder.container import h264_access_unit_is_key
 from recorder.bitstream import vp8_is_keyframe
+from recorder.container import h264_access_unit_is_key
 from recorder.datakey import data_key_id
 from recorder.layout import consultation_dir
 from recorder.manifest import Manifest, SegmentEntry, read_manifest
@@ -110,7 +110,8 @@ def _demux(plaintext: bytes) -> list[RecordedFrame]:
                 if track not in TRACKS:
                     continue
                 data = bytes(packet)
-                pts = int(packet.pts * packet.stream.time_base * 1000)
+                tb = packet.stream.time_base
+                pts = int(packet.pts * tb * 1000) if tb else int(packet.pts)
                 key = track == TRACKS[0] and is_key(data)
                 out.append(RecordedFrame(track, pts, data, key))
     except av.FFmpegError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ["madoguchi", "sfu", "signalling", "recorder", "retention"]
+PACKAGES = ["madoguchi", "sfu", "signalling", "recorder", "retention", "review"]
 
 
 def test_ruff_is_clean() -> None:
