@@ -8,9 +8,13 @@ chosen per SFU by configuration (``[sfu] video_codec``) and forced on every peer
 from __future__ import annotations
 
 from aiortc import RTCRtpSender
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 H264_PROFILE = "42e01f"
+# What we ask of an Opus sender in the answer: in-band FEC (a lost 20 ms packet is
+# rebuilt from the next one on lossy mobile links) and no DTX (continuous packets keep
+# the recording's audio timeline and the floor's level readings regular).
+OPUS_ANSWER_PARAMETERS = {"minptime": 10, "useinbandfec": 1, "usedtx": 0}
 VIDEO_CODECS = ("VP8", "H264")
 
 
@@ -51,3 +55,10 @@ def codec_name(mime_type: str) -> str:
     """"video/VP8" -> "VP8", "video/H264" -> "H264", "audio/opus" -> "opus"."""
     sub = mime_type.split("/")[-1]
     return "opus" if sub.lower() == "opus" else sub.upper()
+
+
+def answer_opus(codecs: list[RTCRtpCodecParameters]) -> None:
+    """Set our Opus receive parameters on a negotiated codec list (see hooks.negotiated)."""
+    for codec in codecs:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters = {**codec.parameters, **OPUS_ANSWER_PARAMETERS}

@@ -18,6 +18,10 @@ sender (subscriber side)
   ``_handle_rtcp_packet(packet)``  NACK/PLI/FIR/RR/REMB from the subscriber.
   ``_ssrc``  the SSRC announced in SDP.
 
+transceiver
+  ``_codecs`` / ``_headerExtensions``  what ``setRemoteDescription`` negotiated, read by
+      ``createAnswer``: we add transport-cc and Opus parameters aiortc does not offer.
+
 transport
   ``RTCDtlsTransport._send_rtp(data)``  SRTP-protects and sends RTP or RTCP bytes.
   ``RTCDtlsTransport._handle_rtp_data`` / ``_handle_rtcp_data``  guarded (see
@@ -34,7 +38,14 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender
+from aiortc import (
+    RTCDtlsTransport,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 
 AIORTC_VERSION = "1.16.0"
@@ -122,6 +133,16 @@ def hook_sender(sender: RTCRtpSender, on_start: Callable[[Any], None],
     sender._run_rtcp = run_rtcp  # type: ignore[method-assign, assignment]
     sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign, assignment]
     sender._send_keyframe = lambda: None  # type: ignore[method-assign, assignment]
+
+
+def negotiated(transceiver: RTCRtpTransceiver
+               ) -> tuple[list[RTCRtpCodecParameters], list[RTCRtpHeaderExtensionParameters]]:
+    """The codecs and header extensions the answer will carry (mutable, between
+    ``setRemoteDescription`` and ``createAnswer``)."""
+    codecs = transceiver._codecs
+    extensions = transceiver._headerExtensions
+    assert isinstance(codecs, list) and isinstance(extensions, list)
+    return codecs, extensions
 
 
 def guard_transport(dtls: RTCDtlsTransport, on_error: Callable[[str], None],

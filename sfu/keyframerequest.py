@@ -1,9 +1,11 @@
 """Rate-limited keyframe requests (PLI) towards a publisher.
 
 Subscribers' PLI/FIR, late joiners and the SFU itself ask for keyframes; the publisher
-gets at most one PLI per ``min_interval`` (300 ms). A request inside the window is
-remembered and sent when the window ends, unless a keyframe arrives first (the waiting
-subscriber gets that keyframe).
+gets at most one PLI per ``min_interval`` (1 s: a keyframe costs the phone's uplink
+several normal frames, and on a weak link a PLI storm is what freezes everyone). A request
+when none went out in the last second is sent at once (a new viewer sees video quickly); a
+request inside the window is shared: one pending PLI is sent when the window ends, unless
+a keyframe arrives first (every waiting subscriber gets that keyframe).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 
 from madoguchi.metrics import KEYFRAME_REQUESTS
 
-MIN_INTERVAL = 0.3
+MIN_INTERVAL = 1.0
 REASONS = frozenset({"join", "pli", "fir", "skip", "source", "api", "loss"})
 
 

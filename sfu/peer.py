@@ -25,6 +25,7 @@ from madoguchi.logs import event
 from madoguchi.metrics import SFU_ERRORS
 
 from . import hooks, ice
+from .codecs import answer_opus
 from .fastpath import RtpDispatcher
 from .interfaces import SfuError
 from .publisher import PeerClock, PublisherStream
@@ -103,6 +104,7 @@ class Peer:
                     await self.pc.setRemoteDescription(
                         RTCSessionDescription(sdp=offer, type="offer"))
                     self._attach_stamps()
+                    self._tune_answer()
                     await self.pc.setLocalDescription(await self.pc.createAnswer())
                 answer = self.pc.localDescription.sdp
                 self._configure(answer)
@@ -152,6 +154,12 @@ class Peer:
         for stream in self.streams:
             it = stream.receiver.transport.transport
             stream.stamps = by_transport.get(id(it), stream.stamps)
+
+    def _tune_answer(self) -> None:
+        """What aiortc's answer lacks: Opus FEC parameters."""
+        for t in self.pc.getTransceivers():
+            codecs, _ = hooks.negotiated(t)
+            answer_opus(codecs)
 
     def _configure(self, answer: str) -> None:
         desc = aiortc_sdp.SessionDescription.parse(answer)

@@ -129,7 +129,8 @@ class PublisherStream:
         """aiortc delivers each decrypted packet here (replaces _handle_rtp_packet)."""
         try:
             pt = packet.payload_type
-            if pt != self.media_pt:
+            recovered = pt != self.media_pt
+            if recovered:
                 if (pt != self.rtx_pt or self.rtx_pt is None or self.ssrc is None
                         or self.media_pt is None):
                     self.dropped += 1
@@ -164,7 +165,7 @@ class PublisherStream:
             self._last_media = arrival
             self.packets += 1
             prev_max = self.stats.max_ext
-            self.stats.add(ext, packet.timestamp, arrival, newest)
+            self.stats.add(ext, packet.timestamp, arrival, newest, recovered)
             if newest and self.kind == "video" and ext > prev_max + 1 and self.stats.received > 1:
                 self._nack_gap(prev_max + 1, ext)
             await self._deliver(self, packet, ext, newest, arrival)

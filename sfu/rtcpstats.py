@@ -48,14 +48,20 @@ class ReceiveStats:
         self.lsr = 0
         self.lsr_time = 0.0
 
-    def add(self, ext_seq: int, timestamp: int, arrival: float, newest: bool) -> None:
-        """Count one packet (``ext_seq`` unwrapped; ``arrival`` in seconds)."""
-        self.received += 1
+    def add(self, ext_seq: int, timestamp: int, arrival: float, newest: bool,
+            recovered: bool = False) -> None:
+        """Count one packet (``ext_seq`` unwrapped; ``arrival`` in seconds).
+
+        A packet ``recovered`` by retransmission is not counted as received: the sender
+        must see the loss in fraction_lost to adapt (as libwebrtc counts it).
+        """
+        if not recovered:
+            self.received += 1
         if self.base_ext is None:
             self.base_ext = self.max_ext = ext_seq
         elif ext_seq > self.max_ext:
             self.max_ext = ext_seq
-        if newest:
+        if newest and not recovered:  # a retransmission's delay is not network jitter
             transit = arrival * self.clock_rate - timestamp
             last = self._last_transit
             if last is not None:
