@@ -91,6 +91,7 @@ class SfuConfig:
     udp_rcvbuf_bytes: int = 4 * 1024 * 1024
     use_uvloop: bool = True
     max_video_kbps: int = 1500
+    transport_cc: bool = True
     peer_timeout_seconds: float = 10.0
 
 

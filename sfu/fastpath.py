@@ -4,7 +4,8 @@ aiortc turns every received datagram into an ``RtpPacket`` (header extensions de
 into a dataclass, router lookups) before a receiver sees it; at ~160 packets per second
 per citizen that is the largest single cost of forwarding. On a publisher peer's DTLS
 transport we read the few header fields forwarding needs (payload type, marker,
-sequence, timestamp, SSRC, the RFC 6464 audio level when negotiated) and hand a small
+sequence, timestamp, SSRC, the RFC 6464 audio level and the transport-wide sequence
+number when negotiated) and hand a small
 packet object to the :class:`~sfu.publisher.PublisherStream` that owns the payload
 type. Anything we do not recognise (unknown payload type) takes aiortc's normal path,
 which ends in the same hooked receiver. Installed through ``hooks.guard_transport``.
@@ -26,7 +27,7 @@ class FastPacket:
     """The subset of ``aiortc.rtp.RtpPacket`` the SFU uses (same attribute names)."""
 
     __slots__ = ("payload_type", "marker", "sequence_number", "timestamp", "ssrc",
-                 "payload", "padding_size", "audio_level")
+                 "payload", "padding_size", "audio_level", "transport_sequence_number")
     payload_type: int
     marker: int
     sequence_number: int
@@ -35,14 +36,16 @@ class FastPacket:
     payload: bytes
     padding_size: int
     audio_level: Any
+    transport_sequence_number: int | None
 
     @property
     def extensions(self) -> FastPacket:
         return self  # ``packet.extensions.audio_level`` as on aiortc's packets
 
 
-def audio_level(data: bytes, start: int, end: int, profile: int, ext_id: int) -> Any:
-    """(voice, level) from an RFC 8285 extension block, or None."""
+def find_extension(data: bytes, start: int, end: int, profile: int, ext_id: int
+                   ) -> tuple[int, int]:
+    """(offset, length) of extension ``ext_id``'s value in an RFC 8285 block, or (-1, 0)."""
     pos = start
     if profile == 0xBEDE:
         while pos < end:
@@ -52,10 +55,9 @@ def audio_level(data: bytes, start: int, end: int, profile: int, ext_id: int) ->
                 continue
             xid, length = b >> 4, (b & 0x0F) + 1
             if xid == 15:
-                return None
-            if xid == ext_id and pos + 1 < end:
-                v = data[pos + 1]
-                return (bool(v & 0x80), v & 0x7F)
+                break
+            if xid == ext_id:
+                return (pos + 1, length) if pos + length < end else (-1, 0)
             pos += 1 + length
     elif profile & 0xFFF0 == 0x1000:
         while pos + 1 < end:
@@ -64,11 +66,28 @@ def audio_level(data: bytes, start: int, end: int, profile: int, ext_id: int) ->
                 pos += 1
                 continue
             length = data[pos + 1]
-            if xid == ext_id and length >= 1 and pos + 2 < end:
-                v = data[pos + 2]
-                return (bool(v & 0x80), v & 0x7F)
+            if xid == ext_id:
+                return (pos + 2, length) if length and pos + 1 + length < end else (-1, 0)
             pos += 2 + length
-    return None
+    return (-1, 0)
+
+
+def audio_level(data: bytes, start: int, end: int, profile: int, ext_id: int) -> Any:
+    """(voice, level) from an RFC 8285 extension block, or None."""
+    pos, _ = find_extension(data, start, end, profile, ext_id)
+    if pos < 0:
+        return None
+    v = data[pos]
+    return (bool(v & 0x80), v & 0x7F)
+
+
+def transport_sequence(data: bytes, start: int, end: int, profile: int, ext_id: int
+                       ) -> int | None:
+    """The transport-wide sequence number (transport-cc), or None."""
+    pos, length = find_extension(data, start, end, profile, ext_id)
+    if pos < 0 or length < 2:
+        return None
+    return (data[pos] << 8) | data[pos + 1]
 
 
 class RtpDispatcher:
@@ -103,7 +122,7 @@ class RtpDispatcher:
             return False
         b0 = data[0]
         pos = 12 + (b0 & 0x0F) * 4
-        level = None
+        level = tseq = None
         if b0 & 0x10:
             if n < pos + 4:
                 self.malformed += 1
@@ -115,6 +134,8 @@ class RtpDispatcher:
                 return True
             if stream.level_id:
                 level = audio_level(data, pos + 4, end, profile, stream.level_id)
+            if stream.twcc_id:
+                tseq = transport_sequence(data, pos + 4, end, profile, stream.twcc_id)
             pos = end
         pad = 0
         if b0 & 0x20:
@@ -129,5 +150,6 @@ class RtpDispatcher:
         packet.payload = data[pos:n - pad]
         packet.padding_size = pad
         packet.audio_level = level
+        packet.transport_sequence_number = tseq
         await stream.on_rtp(packet, 0)  # type: ignore[arg-type]
         return True

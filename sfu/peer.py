@@ -24,7 +24,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from madoguchi.logs import event
 from madoguchi.metrics import SFU_ERRORS
 
-from . import hooks, ice
+from . import hooks, ice, twcc
 from .codecs import answer_opus
 from .fastpath import RtpDispatcher
 from .interfaces import SfuError
@@ -49,6 +49,7 @@ class PeerSettings:
     video_codec: str = "VP8"
     udp_rcvbuf_bytes: int = 4 * 1024 * 1024
     max_video_bitrate: int = 1_500_000
+    transport_cc: bool = True
     peer_timeout: float = 10.0
     connect_timeout: float = 30.0
 
@@ -104,7 +105,7 @@ class Peer:
                     await self.pc.setRemoteDescription(
                         RTCSessionDescription(sdp=offer, type="offer"))
                     self._attach_stamps()
-                    self._tune_answer()
+                    self._tune_answer(offer)
                     await self.pc.setLocalDescription(await self.pc.createAnswer())
                 answer = self.pc.localDescription.sdp
                 self._configure(answer)
@@ -155,11 +156,20 @@ class Peer:
             it = stream.receiver.transport.transport
             stream.stamps = by_transport.get(id(it), stream.stamps)
 
-    def _tune_answer(self) -> None:
-        """What aiortc's answer lacks: Opus FEC parameters."""
+    def _tune_answer(self, offer: str) -> None:
+        """What aiortc's answer lacks: Opus FEC parameters, transport-cc for the video we
+        receive (aiortc does not offer it; we send the feedback ourselves, twcc.py)."""
         for t in self.pc.getTransceivers():
             codecs, _ = hooks.negotiated(t)
             answer_opus(codecs)
+        if not self.settings.transport_cc:
+            return
+        offered = {str(m.rtp.muxId): m for m in aiortc_sdp.SessionDescription.parse(offer).media}
+        for stream in self.streams:
+            t = self._transceiver_of[id(stream)]
+            media = offered.get(str(t.mid))
+            if stream.kind == "video" and media is not None:
+                twcc.negotiate(*hooks.negotiated(t), media.rtp.headerExtensions)
 
     def _configure(self, answer: str) -> None:
         desc = aiortc_sdp.SessionDescription.parse(answer)

@@ -3,8 +3,10 @@
 A :class:`PublisherStream` owns one hooked :class:`RTCRtpReceiver`: every decrypted RTP
 packet arrives in :meth:`on_rtp` (RTX is unwrapped here), is counted for receiver
 reports, gaps are NACKed upstream at once, and the packet is handed to the room track
-that fans it out. The receiver's RTCP loop is ours: RR (+ REMB for video) about once a
-second. Keyframe requests (PLI) go upstream through a rate limiter.
+that fans it out. The receiver's RTCP loop is ours: transport-wide congestion control
+feedback every 100 ms when negotiated (twcc.py: the phone's own estimator then sets its
+rate from our arrival times), RR (+ REMB, the configured ceiling) about once a second.
+Keyframe requests (PLI) go upstream through a rate limiter.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from aiortc.rtp import (
 from madoguchi.logs import event
 from madoguchi.metrics import SFU_ERRORS
 
-from . import hooks
+from . import hooks, twcc
 from .codecs import codec_name
 from .ice import ArrivalStamps
 from .keyframerequest import KeyframeRequester
@@ -89,6 +91,8 @@ class PublisherStream:
         self.media_pt: int | None = None
         self.level_id = 0  # RFC 6464 audio level header extension id, 0 = none
         self.rtx_pt: int | None = None
+        self.twcc_id = 0  # transport-cc header extension id, 0 = not negotiated
+        self.twcc: twcc.TransportFeedback | None = None
         self.ssrc: int | None = None
         self.epoch = 0
         self.unwrapper = SeqUnwrapper()
@@ -112,6 +116,10 @@ class PublisherStream:
         for ext in header_extensions or []:
             if ext.uri == AUDIO_LEVEL_URI and 0 < ext.id <= 14:
                 self.level_id = ext.id
+            elif ext.uri == twcc.URI and 0 < ext.id <= 14 and self.kind == "video":
+                self.twcc_id = ext.id
+                if self.twcc is None:
+                    self.twcc = twcc.TransportFeedback(self.rtcp_ssrc)
         media = [c for c in codecs if not is_rtx(c)]
         if not media:
             return
@@ -128,6 +136,11 @@ class PublisherStream:
     async def on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         """aiortc delivers each decrypted packet here (replaces _handle_rtp_packet)."""
         try:
+            feedback = self.twcc
+            if feedback is not None:  # every packet, probes and retransmissions too
+                tseq = packet.extensions.transport_sequence_number
+                if tseq is not None:
+                    feedback.record(tseq, self.stamps.current)
             pt = packet.payload_type
             recovered = pt != self.media_pt
             if recovered:
@@ -235,8 +248,19 @@ class PublisherStream:
             self._error("rtcp")
 
     async def _rtcp_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_report = loop.time() + 0.5 + random.random()
         while True:
-            await asyncio.sleep(0.5 + random.random())
+            feedback = self.twcc
+            await asyncio.sleep(twcc.FEEDBACK_INTERVAL if feedback is not None
+                                else max(0.0, next_report - loop.time()))
+            if feedback is not None and self.ssrc is not None:
+                feedback.media_ssrc = self.ssrc
+                for data in feedback.build():
+                    await self._send(data)
+            if loop.time() < next_report:
+                continue
+            next_report = loop.time() + 0.5 + random.random()
             if self.ssrc is None or self.stats.received == 0:
                 continue
             data = bytes(RtcpRrPacket(ssrc=self.rtcp_ssrc,

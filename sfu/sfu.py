@@ -25,6 +25,7 @@ def settings_from_config(config: SfuConfig) -> PeerSettings:
         video_codec=normalize(config.video_codec),
         udp_rcvbuf_bytes=int(config.udp_rcvbuf_bytes),
         max_video_bitrate=int(config.max_video_kbps) * 1000,
+        transport_cc=bool(config.transport_cc),
         peer_timeout=float(config.peer_timeout_seconds),
     )
 

@@ -5,7 +5,8 @@ negotiates it (SSRC, payload type, header extension ids) and starts it once DTLS
 we then write each forwarded packet ourselves through the DTLS transport, with this
 leg's SSRC, payload type, sequence number and timestamp. A retransmission history
 answers the subscriber's NACKs; NACKs we cannot answer go to the publisher; PLI/FIR go
-upstream through the room track; RR feeds the metrics; REMB caps the upstream bitrate.
+upstream through the room track; RR feeds the metrics. A viewer's REMB is ignored: the
+phone's rate follows its uplink (twcc.py), a slow viewer skips ahead instead.
 Our RTCP loop sends SR + SDES with an NTP/RTP pair taken from the publisher's own SR,
 so browsers can lip-sync the citizen's audio and video.
 """
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCRtpSender
 from aiortc.rtp import (
-    RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
@@ -35,7 +35,6 @@ from aiortc.rtp import (
     RtcpSenderInfo,
     RtcpSourceInfo,
     RtcpSrPacket,
-    unpack_remb_fci,
 )
 
 from madoguchi.logs import event
@@ -63,7 +62,6 @@ MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 BACKLOG_BYTES = 256 * 1024  # socket write backlog beyond which a leg skips ahead
-REMB_MAX_AGE = 5.0
 
 
 class DownTrack:
@@ -101,7 +99,6 @@ class DownTrack:
         self.rtx = 0
         self.duplicates = 0
         self.send_failures = 0
-        self.remb: tuple[int, float] | None = None
         self.marker_next = False
         self.last_cts = -1
         self.rtt: float | None = None
@@ -209,10 +206,6 @@ class DownTrack:
                     self.track.request_keyframe("pli")
                 elif packet.fmt == RTCP_PSFB_FIR and self.video:
                     self.track.request_keyframe("fir")
-                elif packet.fmt == RTCP_PSFB_APP:
-                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
-                    if self.ssrc in ssrcs:
-                        self.remb = (bitrate, time.monotonic())
         except Exception:
             self._error("rtcp")
 
@@ -242,11 +235,6 @@ class DownTrack:
             RTX_SENT.labels(kind=self.kind).inc()
         if missing:
             self.track.nack_upstream(self, missing)
-
-    def remb_bitrate(self) -> int | None:
-        if self.remb is None or time.monotonic() - self.remb[1] > REMB_MAX_AGE:
-            return None
-        return self.remb[0]
 
     # RTCP to the subscriber ----------------------------------------------------
     async def _rtcp_loop(self) -> None:

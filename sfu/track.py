@@ -222,13 +222,11 @@ class RoomTrack:
         return None
 
     def remb(self) -> int:
-        """Bitrate to ask of the publisher: the lowest recent subscriber REMB, capped."""
-        cap = self.max_bitrate
-        values = [b for b in (leg.remb_bitrate() for leg in self.legs) if b]
-        if values:
-            low = min(values)
-            return min(low, cap) if cap else low
-        return cap
+        """Ceiling asked of the publisher (REMB): the configured maximum. Within it the
+        phone's rate follows its own uplink estimate (transport-cc feedback), never the
+        slowest viewer: the recording gets the best picture the uplink allows, and a
+        viewer whose path cannot keep up skips to keyframes instead (see forward)."""
+        return self.max_bitrate
 
     def flush_metrics(self) -> None:
         packets, octets = self._flushed

@@ -55,6 +55,8 @@ async def test_private_attributes_exist_on_instances() -> None:
         for name in hooks.SENDER_EVENTS:
             assert isinstance(getattr(t.sender, name, None), asyncio.Event), name
         assert isinstance(t.sender._ssrc, int)
+        codecs, extensions = hooks.negotiated(t)  # answer tuning (Opus FEC, transport-cc)
+        assert isinstance(codecs, list) and isinstance(extensions, list)
         assert hasattr(t.receiver, FrameCollector.DECODER_QUEUE)  # test tooling hook
         dtls = t.receiver.transport
         assert isinstance(dtls._rtp_router.senders, dict)  # FIR routing (media SSRC 0)

@@ -271,7 +271,7 @@ async def test_fast_path_parses_what_forwarding_needs() -> None:
     from sfu.fastpath import RtpDispatcher
 
     class Stream:
-        media_pt, rtx_pt, level_id = 111, None, 3
+        media_pt, rtx_pt, level_id, twcc_id = 111, None, 3, 0
 
         def __init__(self) -> None:
             self.got: list = []
