@@ -98,8 +98,6 @@ class RoomTrack:
                 leg.marker_next = True
         if stream.sr is not None:
             self.on_sender_report(stream)
-        if self.video:
-            stream.request_keyframe("source")
 
     def request_keyframe(self, reason: str) -> None:
         if self.source is not None:
@@ -117,7 +115,8 @@ class RoomTrack:
                       newest: bool, arrival: float) -> None:
         if stream is not self.source:
             return
-        if stream is not self._epoch_stream or stream.epoch != self._epoch:
+        switched = stream is not self._epoch_stream or stream.epoch != self._epoch
+        if switched:
             self._switch(stream, ext, packet.timestamp)
         smap = self.map
         cext = ext + smap.seq_off
@@ -137,6 +136,10 @@ class RoomTrack:
             stream.keyframes.keyframe_received()
             if self.on_keyframe is not None:
                 self.on_keyframe(self, stream)
+        elif switched and self.video:
+            # a new source that does not start on a keyframe (a browser's first packet
+            # usually is one: no request, so a viewer joining now is served at once)
+            stream.request_keyframe("source")
         if self.sinks and payload and not duplicate:
             self._to_sinks(stream, packet, cext, cts, keyframe, arrival)
         marker = packet.marker
