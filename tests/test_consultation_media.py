@@ -13,7 +13,9 @@ import re
 import aiohttp
 
 from madoguchi.bench.media import ClientPeer, Clip, citizen_client, staff_client
+from recorder.layout import segment_files
 from tests.fixtures.server import ServerHandle, StaffClient
+from tests.fixtures.wait import wait_until
 from tests.test_signalling_api import Citizen, create, receive, token_of
 
 
@@ -80,7 +82,9 @@ async def test_whole_consultation_with_media(madoguchi_server: ServerHandle,
                 await asyncio.sleep(0.05)
             assert json.loads(citizen.messages[0])["url"] == "https://www.city.example.jp/hoiku"
 
-            await asyncio.sleep(2.5)  # at least one whole recording segment
+            folder = server.data_dir / "recordings" / cid
+            await wait_until(lambda: segment_files(folder),
+                             what="a whole recording segment")
             ended = await staff.post(f"/api/consultations/{cid}/end")
             assert (await receive(ws, "ended"))["reason"] == "staff"
             assert ended["times"]["duration"] > 0

@@ -28,6 +28,7 @@ from recorder.verify import verify_recording
 from sfu.interfaces import ForwardedPacket
 from tests.fixtures.media import EncodedClip, forwarded_packets
 from tests.fixtures.ports import wait_for
+from tests.fixtures.wait import wait_until
 
 CID = "c-crash"
 
@@ -175,7 +176,7 @@ async def test_disk_full_stops_the_recording_not_the_call(mode: str, rec_vp8_cli
                 if i % 400 == 399:
                     await asyncio.sleep(0.1)
             await rec.close()
-            await asyncio.sleep(0.05)  # status callbacks run on the loop
+            await wait_until(lambda: len(statuses) >= 2, what="status callbacks (on the loop)")
         assert rec.status == "failed"
         assert statuses == ["recording", "failed"]
         assert errors._value.get() == errors_before + 1

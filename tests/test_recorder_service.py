@@ -26,6 +26,7 @@ from recorder.service import (
 )
 from signalling.store.sqlite import SqliteStore
 from tests.fixtures.media import EncodedClip, forwarded_packets
+from tests.fixtures.wait import wait_until
 
 CID = "c-service"
 
@@ -196,7 +197,7 @@ async def test_recording_service_lifecycle(tmp_path: Path, rec_vp8_clip: Encoded
             room.sinks[0].on_packet(p)
         assert await service.stop(CID) is True
         assert await service.stop(CID) is False
-        await asyncio.sleep(0)  # status callbacks run on the loop
+        await wait_until(lambda: len(statuses) >= 2, what="status callbacks (on the loop)")
         assert statuses == [(CID, "recording"), (CID, "stopped")]
         await service.close()
     finally:

@@ -4,8 +4,8 @@ citizen's frames exactly as sent, cut on keyframes the recorder asked for."""
 
 from __future__ import annotations
 
-import asyncio
 import io
+import time
 from pathlib import Path
 
 import av
@@ -23,6 +23,7 @@ from recorder.verify import verify_consultation
 from sfu.sfu import LocalSfu
 from signalling.store.sqlite import SqliteStore
 from tests.fixtures.sfu import join_citizen, join_staff
+from tests.fixtures.wait import wait_until
 
 CID = "c-live"
 
@@ -91,10 +92,16 @@ async def room_to_verified_recording(sfu: LocalSfu, clip: Clip, tmp_path: Path) 
     staff = staff_client(codec, talk=clip, keep_sent=True)
     try:
         await join_citizen(room, citizen)
+        started = time.monotonic()
         assert await service.start(_Consultation(), room, lambda cid, s: statuses.append(s))
+        recorder = service.recorders[CID]
         await join_staff(room, "v1", staff)
-        await asyncio.sleep(3.5)
+        assert staff.audio is not None
+        # 2.5 s of video, a segment cut, 1.8 s of staff talk: then the assertions below hold
+        await wait_until(lambda: recorder.stats.video_frames >= 75 and recorder.stats.segments
+                         and len(staff.audio.sent) >= 90, what="2.5 s recorded")
         assert await service.stop(CID)
+        elapsed = time.monotonic() - started
     finally:
         await staff.close()
         await citizen.close()
@@ -105,7 +112,7 @@ async def room_to_verified_recording(sfu: LocalSfu, clip: Clip, tmp_path: Path) 
         assert report.state == "closed"
         # the first segment waits for a keyframe, later ones are cut on requested ones
         assert report.segments >= 2, report.lines()
-        assert 1.5 < report.duration < 4.5
+        assert 1.5 < report.duration < elapsed + 0.5, (report.duration, elapsed)
         record = await store.get_data_key(CID)
         assert record is not None
         data_key = unwrap(service.kek, CID, record.wrapped)

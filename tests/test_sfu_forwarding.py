@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from madoguchi.bench.media import Clip, ReceivedFrame, citizen_client, split_annexb, staff_client
@@ -40,14 +38,16 @@ def assert_bit_exact(received: list[ReceivedFrame], sent: list[tuple[int, bytes]
     assert len(span) == len(received), "frames missing between first and last"
 
 
-async def run_pair(sfu: LocalSfu, clip: Clip, seconds: float = 2.0):
+async def run_pair(sfu: LocalSfu, clip: Clip, video_frames: int = 45, audio_frames: int = 65):
+    """Citizen and viewer connected until the viewer has the given numbers of frames."""
     room = sfu.room("bit-exact")
     citizen = citizen_client(clip, keep_sent=True)
     staff = staff_client(clip.codec)
     try:
         await join_citizen(room, citizen)
         await join_staff(room, "v1", staff)
-        await asyncio.sleep(seconds)
+        await staff.collectors["video"].wait_frames(video_frames)
+        await staff.collectors["audio"].wait_frames(audio_frames)
         return citizen, staff
     finally:
         await staff.close()

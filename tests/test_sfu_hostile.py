@@ -7,7 +7,6 @@ import asyncio
 import random
 import socket
 import struct
-import time
 
 import pylibsrtp
 import pytest
@@ -25,14 +24,7 @@ from sfu.interfaces import SfuError
 from sfu.peer import PeerSettings
 from sfu.sfu import LocalSfu
 from tests.fixtures.sfu import join_citizen, join_staff, sfu_config
-
-
-async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+from tests.fixtures.wait import wait_until
 
 
 async def test_bad_offers_get_clear_errors(sfu: LocalSfu, vp8_clip: Clip,
@@ -70,8 +62,8 @@ async def test_bad_offers_get_clear_errors(sfu: LocalSfu, vp8_clip: Clip,
         await room.connect_citizen(offer.replace("VP8/90000", "AV1/90000"))
 
     assert room.citizen is None and not room.staff
-    await asyncio.sleep(0.1)
-    assert len(asyncio.all_tasks()) <= tasks_before + 1
+    await wait_until(lambda: len(asyncio.all_tasks()) <= tasks_before + 1,
+                     what="the refused offers' tasks to end")
     # the same room still works after all that
     try:
         await join_citizen(room, good)
@@ -152,7 +144,7 @@ async def test_garbage_rtp_and_rtcp_keep_the_room_alive(sfu: LocalSfu, vp8_clip:
                         ("127.0.0.1", port))
         sock.close()
         count = len(video.frames)
-        await video.wait_frames(count + 30, timeout=5)
+        await video.wait_frames(count + 30)
         assert room.citizen.pc.connectionState == "connected"
         assert room.staff["v"].pc.connectionState == "connected"
     finally:
@@ -184,23 +176,24 @@ async def test_vanishing_peers_are_dropped_cleanly(vp8_clip: Clip) -> None:
         await gone.collectors["video"].wait_frames(3)
         vanish(gone)
         await wait_until(lambda: ("staff_disconnected", {"viewer": "gone"}) in events,
-                         timeout=6, what="the vanished viewer to be dropped")
+                         what="the vanished viewer to be dropped")
         assert "gone" not in room.staff
         assert len(room.tracks["citizen-video"].legs) == 1
         n = len(stays.collectors["video"].frames)
         await stays.collectors["video"].wait_frames(n + 20)  # the other viewer is fine
         vanish(citizen)
         await wait_until(lambda: ("citizen_disconnected", {}) in [(a, b) for a, b in events],
-                         timeout=6, what="the vanished citizen to be dropped")
+                         what="the vanished citizen to be dropped")
         assert room.citizen is None
     finally:
         for c in (gone, stays, citizen):
             await c.close()
         await sfu.close()
-    await asyncio.sleep(0.1)
-    leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
-                 and "sfu" in repr(t.get_coro())]
-    assert not leftovers, leftovers
+
+    def leftovers() -> list[asyncio.Task]:
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+                and "sfu" in repr(t.get_coro())]
+    await wait_until(lambda: not leftovers(), what="the SFU's tasks to end")
 
 
 async def test_closed_room_refuses_and_close_is_idempotent(sfu: LocalSfu, vp8_clip: Clip) -> None:

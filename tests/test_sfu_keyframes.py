@@ -11,44 +11,39 @@ from aiortc.rtp import RTCP_PSFB_FIR, RtcpPsfbPacket
 from madoguchi.bench.media import ClientPeer, Clip, citizen_client, staff_client
 from sfu.sfu import LocalSfu
 from tests.fixtures.sfu import join_citizen, join_staff
+from tests.fixtures.wait import wait_until
 
 
 def video_receiver(client: ClientPeer):
     return next(t.receiver for t in client.pc.getTransceivers() if t.kind == "video")
 
 
-async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
 
 async def test_late_joiner_starts_on_a_requested_keyframe(sfu: LocalSfu, vp8_clip: Clip) -> None:
-    # The clip has ONE keyframe per 4 s loop: without the PLI relay a viewer joining
-    # 1 s in would wait ~3 s for the next natural keyframe.
+    # The clip has ONE keyframe and the replay loops past it: a viewer joining later can
+    # only start on a keyframe the SFU asked the citizen for (no timing threshold needed).
     assert vp8_clip.keyframe_indexes == [0]
     room = sfu.room("late")
     events: list[tuple[str, dict]] = []
     room.on_event(lambda n, d: events.append((n, d)))
-    citizen = citizen_client(vp8_clip)
+    citizen = citizen_client(vp8_clip, keep_sent=True, loop_from=1)
     staff = staff_client("VP8")
     try:
         await join_citizen(room, citizen)
-        await asyncio.sleep(1.0)
+        assert citizen.video is not None
+        await wait_until(lambda: len(citizen.video.sent) >= 30, what="1 s of citizen video")
         requests_before = citizen.video.keyframe_requests
         await join_staff(room, "late-viewer", staff)
         connected = time.monotonic()
         video = staff.collectors["video"]
-        await video.wait_frames(1, timeout=5)
-        waited = video.first_frame_at - connected
-        print(f"late joiner: first frame {waited * 1000:.0f} ms after DTLS up")
+        await video.wait_frames(1)
+        assert video.first_frame_at is not None
+        print(f"late joiner: first frame {(video.first_frame_at - connected) * 1000:.0f} ms "
+              "after DTLS up")
         assert video.frames[0].keyframe, "the first frame a late joiner gets is a keyframe"
         assert citizen.video.keyframe_requests > requests_before, "no PLI reached the citizen"
-        assert waited < 1.5, f"first frame after {waited:.2f}s: the PLI relay did not work"
         first = [d for n, d in events if n == "first_frame"]
-        assert first and first[0]["viewer"] == "late-viewer" and first[0]["seconds"] < 1.5
+        assert first and first[0]["viewer"] == "late-viewer"
     finally:
         await staff.close()
         await citizen.close()
@@ -104,10 +99,12 @@ async def test_pli_flood_is_rate_limited(sfu: LocalSfu, vp8_clip: Clip) -> None:
         for _ in range(100):
             await receiver._send_rtcp_pli(ssrc)
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.4)
+        await wait_until(lambda: citizen.video.keyframe_requests > before, what="a PLI relayed")
+        await asyncio.sleep(0.4)  # the last one the limiter may still send
+        # the bound scales with the time the flood took, however slow the machine
         elapsed = time.monotonic() - start
         relayed = citizen.video.keyframe_requests - before
-        assert 1 <= relayed <= elapsed / 0.3 + 2, f"{relayed} PLIs relayed in {elapsed:.1f}s"
+        assert relayed <= elapsed / 0.3 + 2, f"{relayed} PLIs relayed in {elapsed:.1f}s"
     finally:
         await staff.close()
         await citizen.close()
@@ -131,8 +128,9 @@ async def test_viewer_that_falls_behind_skips_to_next_keyframe(sfu: LocalSfu,
         leg = track.legs[0]
         requests = citizen.video.keyframe_requests
         leg.backlogged = lambda: True  # type: ignore[method-assign]
-        await asyncio.sleep(0.4)
-        assert leg.waiting_keyframe and track.skipped_backlog > 0
+        await wait_until(lambda: leg.waiting_keyframe and track.skipped_backlog > 0,
+                         what="the backlogged leg to skip")
+        await asyncio.sleep(0.2)  # frames already on the wire arrive
         frozen = len(video.frames)
         await asyncio.sleep(0.2)
         assert len(video.frames) <= frozen + 1  # nothing new while skipping

@@ -10,6 +10,7 @@ from madoguchi.bench.media import Clip, citizen_client, staff_client
 from sfu.interfaces import ForwardedPacket
 from sfu.sfu import LocalSfu
 from tests.fixtures.sfu import join_citizen, join_staff
+from tests.fixtures.wait import wait_until
 from tests.test_sfu_forwarding import assert_bit_exact
 
 
@@ -24,13 +25,6 @@ class ListSink:
     def on_close(self) -> None:
         self.closed = True
 
-
-async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def metric(name: str, **labels: str) -> float:
@@ -195,7 +189,7 @@ async def test_sender_reports_carry_the_citizens_clock(sfu: LocalSfu, vp8_clip: 
         await join_citizen(room, citizen)
         await join_staff(room, "v", staff)
         await wait_until(lambda: len(received["video"]) >= 2 and len(received["audio"]) >= 2,
-                         timeout=8, what="two SRs per kind at the viewer")
+                         what="two SRs per kind at the viewer")
         for kind, name, rate in (("video", "citizen-video", 90000),
                                  ("audio", "citizen-audio", 48000)):
             track = room.tracks[name]
@@ -250,7 +244,7 @@ async def test_offer_without_ssrc_lines_still_forwards_and_syncs(sfu: LocalSfu,
         await staff.collectors["audio"].wait_frames(20)
         await wait_until(lambda: room.tracks["citizen-video"].sr_map is not None
                          and room.tracks["citizen-audio"].sr_map is not None,
-                         timeout=5, what="the citizen's SRs")
+                         what="the citizen's SRs")
     finally:
         await staff.close()
         await citizen.close()

@@ -280,11 +280,12 @@ class ReplayTrack(MediaStreamTrack):
 
     ``request_keyframe()`` (wired to the sender's PLI handling by
     :meth:`ClientPeer.publish`) makes the next frame the clip's next keyframe.
-    ``sent`` keeps (rtp_timestamp, bytes) of every frame sent when ``keep_sent``.
+    ``sent`` keeps (rtp_timestamp, bytes) of every frame sent when ``keep_sent``;
+    ``loop_from`` is where the replay continues after the clip's last frame.
     """
 
     def __init__(self, clip: Clip, kind: str, keep_sent: bool = False,
-                 start_index: int = 0) -> None:
+                 start_index: int = 0, loop_from: int = 0) -> None:
         super().__init__()
         self.kind = kind
         self.clip = clip
@@ -299,6 +300,9 @@ class ReplayTrack(MediaStreamTrack):
         self._interval = (1.0 / clip.fps) if kind == "video" else AUDIO_FRAME_SAMPLES / 48000
         self._time_base = VIDEO_TIME_BASE if kind == "video" else AUDIO_TIME_BASE
         self._index = start_index % len(self._frames)
+        # where the replay continues after the clip's end (1: past the opening keyframe,
+        # so that every later keyframe is one that was asked for)
+        self._loop_from = loop_from % len(self._frames)
         self._n = 0
         self._t0: float | None = None
         self._want_key = False
@@ -317,7 +321,7 @@ class ReplayTrack(MediaStreamTrack):
                 if self._keys[(i + k) % n]:
                     i = (i + k) % n
                     break
-        self._index = (i + 1) % len(self._frames)
+        self._index = i + 1 if i + 1 < len(self._frames) else self._loop_from
         return i
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
@@ -404,7 +408,7 @@ class FrameCollector:
         self.frames.append(ReceivedFrame(int(frame.timestamp), data, key, now))
         self._event.set()
 
-    async def wait_frames(self, count: int, timeout: float = 10.0) -> None:
+    async def wait_frames(self, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while len(self.frames) < count:
             left = deadline - time.monotonic()
@@ -569,10 +573,11 @@ class ClientPeer:
 
 
 def citizen_client(clip: Clip, *, keep_sent: bool = False, audio_receive: str = "frames",
-                   datachannel: bool = True, start_index: int = 0) -> ClientPeer:
+                   datachannel: bool = True, start_index: int = 0,
+                   loop_from: int = 0) -> ClientPeer:
     """A citizen: video sendonly + audio sendrecv (hears staff) + the data channel."""
     peer = ClientPeer()
-    peer.publish("video", ReplayTrack(clip, "video", keep_sent, start_index),
+    peer.publish("video", ReplayTrack(clip, "video", keep_sent, start_index, loop_from),
                  direction="sendonly", codec=clip.codec)
     peer.publish("audio", ReplayTrack(clip, "audio", keep_sent), direction="sendrecv",
                  codec=clip.codec)
