@@ -11,6 +11,7 @@ from collections.abc import Sequence
 # module path -> provides register(subparsers); each adds one or more subcommands.
 COMMAND_MODULES = (
     "madoguchi.serve_cli",     # serve
+    "madoguchi.doctor.cli",    # doctor
     "madoguchi.staff_cli",     # staff add/list/disable/enable/passwd/remove
     "madoguchi.certs_cli",     # certs dev/init/issue/list/revoke/renew
     "recorder.cli",            # keys rotate, recordings verify

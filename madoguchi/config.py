@@ -34,6 +34,7 @@ class ServerConfig:
     web_root: str = ""
     max_message_bytes: int = 65536
     max_call_minutes: float = 180.0
+    development: bool = False
 
 
 @dataclass

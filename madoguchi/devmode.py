@@ -1,6 +1,8 @@
-"""Development defaults for ``madoguchi serve`` without a configuration file.
+"""Development mode: ``madoguchi serve --dev`` or ``[server] development = true``.
 
-With no ``[tls]`` paths, a development PKI is made (or reused) in ``<data_dir>/certs``.
+Only in this mode does the server fill in what production must configure, and skip the
+start-up checks of ``madoguchi doctor`` (madoguchi/doctor/). With no ``[tls]`` paths, a
+development PKI is made (or reused) in ``<data_dir>/certs``.
 With no configuration file at all and no key-encryption key, a development KEK is made
 in ``<data_dir>/secrets`` (never in the recording folder). A configuration file that
 enables recording without a KEK is refused at start-up instead: production must say

@@ -19,6 +19,9 @@ log = logging.getLogger("madoguchi.serve")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the server (all components)")
     add_config_option(p)
+    p.add_argument("--dev", action="store_true",
+                   help="development mode ([server] development): development certificates "
+                        "and key when none are configured, production checks skipped")
     p.set_defaults(func=_serve)
 
 
@@ -29,15 +32,36 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"madoguchi: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log.format, cfg.log.level)
-    from madoguchi.devmode import apply_dev_defaults
-    has_file = bool(getattr(args, "config", None) or os.environ.get("MADOGUCHI_CONFIG"))
-    apply_dev_defaults(cfg, has_file)
+    cfg.server.development = cfg.server.development or args.dev
+    if cfg.server.development:
+        from madoguchi.devmode import apply_dev_defaults
+        has_file = bool(getattr(args, "config", None) or os.environ.get("MADOGUCHI_CONFIG"))
+        apply_dev_defaults(cfg, has_file)
+    elif not _startup_checks(cfg):
+        return 2
     from sfu.loop import install_uvloop
     install_uvloop(cfg.sfu.use_uvloop)
     try:
         return asyncio.run(_run(cfg))
     except KeyboardInterrupt:
         return 130
+
+
+def _startup_checks(cfg: Config) -> bool:
+    """The start-up checks of ``madoguchi doctor``: False (and why) when one fails."""
+    from madoguchi.doctor import Context, failed, run_checks
+
+    results = asyncio.run(run_checks(Context(cfg), startup_only=True))
+    for r in results:
+        if r.status == "warn":
+            event(log, "startup_check_warning", logging.WARNING, check=r.name, detail=r.line())
+    refusals = failed(results)
+    for r in refusals:
+        print(f"madoguchi: cannot start: {r.line()}", file=sys.stderr)
+    if refusals:
+        print("madoguchi: fix the lines above (madoguchi doctor --config FILE checks them all), "
+              "or run `madoguchi serve --dev` for a development server", file=sys.stderr)
+    return not refusals
 
 
 async def _run(cfg: Config) -> int:

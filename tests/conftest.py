@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.media",
     "tests.fixtures.sfu",
+    "tests.fixtures.production",
 ]
