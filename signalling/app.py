@@ -47,6 +47,7 @@ class Server:
         self.sfu: Any = None
         self.sms: Any = None
         self.recording: Any = None
+        self.reviews: Any = None
 
     # ------------------------------------------------------------------ build
     async def _build(self) -> None:
@@ -80,6 +81,11 @@ class Server:
             phone_cipher=load_phone_cipher(cfg), audit=self.audit, sfu=self.sfu, tokens=tokens,
             start_recording=self._start_recording if self.recording else None,
             stop_recording=self._stop_recording if self.recording else None)
+        from review.service import ReviewService
+        self.reviews = ReviewService(
+            store=self.store, recording_dir=cfg.recording_dir, clock=self.clock,
+            audit=self.audit, kek=self.recording.kek if self.recording else None,
+            settings=self.sfu.settings, video_codec=cfg.sfu.video_codec)
 
     async def _start_recording(self, c: Any, room: Any) -> None:
         assert self.recording is not None
@@ -129,6 +135,7 @@ class Server:
         ])
         app[staff_site.SERVICE] = self.service
         app[staff_site.AUTH] = self.auth
+        app[staff_site.REVIEWS] = self.reviews
         staff_site.add_routes(app)
         return app
 
@@ -221,6 +228,8 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.reviews is not None:
+            await self.reviews.close_all()
         if self.recording is not None:
             await self.recording.close()
         if self.sfu is not None:

@@ -397,6 +397,8 @@ class ConsultationService:
             answer = await room.connect_citizen(sdp)
         except SfuError as exc:
             raise ConsultationError("bad_offer", str(exc), 400) from None
+        if c.state == LIVE:  # a new offer during the call: the phone reconnected
+            self._audit("citizen_reconnected", None, c)  # a marker on the review timeline
         if c.recording and self._start_recording is not None and c.recording_status == "pending":
             await self._start_recording(c, room)
         return answer

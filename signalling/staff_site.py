@@ -28,6 +28,8 @@ from signalling.httputil import (
     str_field,
     ws_objects,
 )
+from signalling.staff_review import MESSAGES as REVIEW_MESSAGES
+from signalling.staff_review import REVIEWS, SocketReviews
 from signalling.tls import peer_certificate
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,8 @@ async def staff_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     socket_id = secrets.token_hex(4)
     viewing: set[str] = set()
+    reviews = SocketReviews(ws, request.app.get(REVIEWS), service, actor,
+                            f"{actor.username}:{socket_id}")
     await ws.send_json({"type": "ready", "ice_servers": request.app[ICE_SERVERS]})
     await _send_list(ws, service, actor)
     event(log, "staff_socket_open", staff=actor.username, ward=actor.ward)
@@ -182,8 +186,12 @@ async def staff_socket(request: web.Request) -> web.WebSocketResponse:
                 if await request.app[AUTH].revalidate(request) is None:
                     await _session_ended(ws)
                     break
-                await _handle_staff(ws, service, actor, socket_id, viewing, data)
+                if data.get("type") in REVIEW_MESSAGES:
+                    await reviews.handle(data)
+                else:
+                    await _handle_staff(ws, service, actor, socket_id, viewing, data)
         finally:
+            await reviews.close()
             for task in (pusher, guard):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

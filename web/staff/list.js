@@ -5,6 +5,13 @@ const VIEWABLE = new Set(["opened", "consented", "live"]);
 const RESENDABLE = new Set(["created", "sms_sent", "expired", "failed"]);
 const REVOCABLE = new Set(["created", "sms_sent", "opened", "consented"]);
 const FINISHED = new Set(["ended", "expired", "failed"]);
+const REVIEW_RECORDING = new Set(["stopped", "failed", "recording"]);
+
+/** A recording may exist (the server checks) and its deletion time has not come. */
+function reviewable(c) {
+  return c.state === "ended" && !!c.recording && REVIEW_RECORDING.has(c.recording_status)
+    && Number(c.deadline || 0) * 1000 > Date.now();
+}
 
 function node(tag, className, text) {
   const el = document.createElement(tag);
@@ -27,7 +34,7 @@ export class ConsultationList {
    * @param {HTMLElement} listEl  <ul> for the rows
    * @param {HTMLElement} emptyEl "no consultations" text
    * @param {{t: Function, lang: Function}} i18n
-   * @param {(action: string, id: string) => void} onAction open-viewer | resend | revoke
+   * @param {(action: string, id: string) => void} onAction open-viewer | review | resend | revoke
    */
   constructor(listEl, emptyEl, i18n, onAction) {
     this.listEl = listEl;
@@ -124,6 +131,7 @@ export class ConsultationList {
     if (VIEWABLE.has(c.state)) {
       actions.append(button(t("row.open_viewer"), "open-viewer", "open-viewer", c.id, "btn-primary"));
     }
+    if (reviewable(c)) actions.append(button(t("row.review"), "review-open", "review", c.id));
     if (RESENDABLE.has(c.state)) actions.append(button(t("row.resend"), "resend-link", "resend", c.id));
     if (REVOCABLE.has(c.state)) actions.append(button(t("row.revoke"), "revoke-link", "revoke", c.id));
     li.append(main, actions);

@@ -6,6 +6,7 @@ import { ApiError, StaffApi } from "/staff/api.js";
 import { ConsultationList } from "/staff/list.js";
 import { StaffSocket } from "/staff/socket.js";
 import { STRINGS } from "/staff/strings.js";
+import { Review } from "/staff/review.js";
 import { Viewer } from "/staff/viewer.js";
 
 const i18n = createI18n(STRINGS, "ja");
@@ -59,6 +60,23 @@ const viewer = new Viewer({
   linkDelivered: $("send-link-delivered"),
 }, socket, api, i18n, (id) => list.setViewing(id));
 
+let me = null; // the logged-in account (the review watermark shows its name)
+const review = new Review({
+  panel: $("review"),
+  phone: $("review-phone"),
+  close: $("review-close"),
+  box: $("review-box"),
+  video: $("review-video"),
+  watermark: $("review-watermark"),
+  status: $("review-status"),
+  seek: $("review-seek"),
+  markers: $("review-markers"),
+  play: $("review-play"),
+  pause: $("review-pause"),
+  position: $("review-position"),
+  duration: $("review-duration"),
+}, socket, i18n, () => (me ? me.username : ""), (id) => { if (id) viewer.close(); });
+
 let wsState = "closed";
 let doneMessage = null; // {key, vars} of the last "link sent" notice
 
@@ -82,7 +100,8 @@ function errorText(err) {
 
 // ---- session ---------------------------------------------------------------------------
 
-function enter(me) {
+function enter(account) {
+  me = account;
   el.who.textContent = `${me.username}${me.ward ? ` / ${me.ward}` : ""}`;
   if (me.must_change_password) {
     showScreen("password");
@@ -101,6 +120,7 @@ function enter(me) {
 function toLogin(message = "") {
   socket.stop();
   viewer.close();
+  review.close();
   list.setItems([]);
   api.csrf = "";
   showScreen("login");
@@ -184,7 +204,10 @@ async function onRowAction(action, id) {
   showError(el.globalError, "");
   const c = list.get(id);
   try {
-    if (action === "open-viewer" && c) await viewer.open(c);
+    if (action === "open-viewer" && c) {
+      review.close();
+      await viewer.open(c);
+    } else if (action === "review" && c) await review.open(c);
     else if (action === "resend") list.upsert(await api.resend(id));
     else if (action === "revoke") list.upsert(await api.revoke(id));
   } catch (err) {
@@ -198,6 +221,7 @@ function onSocketMessage(msg) {
   switch (msg.type) {
     case "ready":
       viewer.setIceServers(msg.ice_servers);
+      review.setIceServers(msg.ice_servers);
       break;
     case "consultations":
       if (Array.isArray(msg.items)) {
@@ -217,6 +241,15 @@ function onSocketMessage(msg) {
     case "delivered":
       viewer.onDelivered(msg);
       break;
+    case "review_answer":
+      review.onAnswer(msg);
+      break;
+    case "review_state":
+      review.onState(msg);
+      break;
+    case "review_error":
+      review.onError(msg);
+      break;
     case "error":
       if (msg.id) viewer.onError(msg);
       else showError(el.globalError, msg.message || msg.error || "");
@@ -234,6 +267,7 @@ function onSocketState(state) {
   if (state === "open" && was !== "open") viewer.onSocketOpen();
   if (state === "closed" && was === "open") {
     viewer.onSocketClosed();
+    review.onSocketClosed();
     // A closed socket may mean the session ended: check, and go to login if so.
     api.me().catch((err) => {
       if (err instanceof ApiError && err.status === 401) toLogin();
@@ -246,6 +280,7 @@ function onSocketState(state) {
 function rerender() {
   list.rerender();
   viewer.rerender();
+  review.rerender();
   onSocketState(wsState);
   if (doneMessage && !el.phoneDone.hidden) el.phoneDone.textContent = i18n.t(doneMessage.key, doneMessage.vars);
 }
