@@ -35,6 +35,11 @@ class ServerConfig:
     max_message_bytes: int = 65536
     max_call_minutes: float = 180.0
     development: bool = False
+    header_timeout_seconds: float = 15.0
+    handshake_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    max_connections: int = 500
+    max_connections_per_address: int = 100
 
 
 @dataclass
@@ -272,6 +277,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"[sfu] video_codec must be VP8 or H264, not {cfg.sfu.video_codec!r}")
     if cfg.sfu.max_video_kbps <= 0 or cfg.sfu.peer_timeout_seconds <= 0:
         raise ConfigError("[sfu] max_video_kbps and peer_timeout_seconds must be positive")
+    server = cfg.server
+    if min(server.header_timeout_seconds, server.handshake_timeout_seconds,
+           server.body_timeout_seconds, server.max_connections,
+           server.max_connections_per_address) <= 0:
+        raise ConfigError("[server] timeouts and connection caps must be positive")
     if cfg.log.format not in ("json", "text"):
         raise ConfigError("[log] format must be 'json' or 'text'")
     if cfg.links.lifetime_minutes <= 0:

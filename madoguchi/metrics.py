@@ -93,6 +93,9 @@ LOGIN_RESULTS = ("success", "failure", "locked", "disabled", "rate_limited")
 LOGINS = Counter("madoguchi_logins_total", "Staff login attempts by result", ["result"])
 ACCOUNT_LOCKOUTS = Counter("madoguchi_account_lockouts_total",
                            "Staff accounts locked after repeated failures")
+CONNECTIONS_REFUSED = Counter("madoguchi_connections_refused_total",
+                              "Connections closed at once: over the site's connection caps",
+                              ["site"])
 STAFF_CRL_RELOADS = Counter("madoguchi_staff_crl_reloads_total",
                             "Staff CRL reloads by result (loaded, refused)", ["result"])
 STAFF_CRL_REVOKED = Gauge("madoguchi_staff_crl_revoked", "Certificates on the staff CRL in force")
@@ -110,6 +113,8 @@ for _kind in ("audio", "video"):
     SUBSCRIBER_RTT.labels(kind=_kind)
 for _role in ("citizen", "staff", "review"):  # sfu/room.py, sfu/replay.py
     ACTIVE_PEERS.labels(role=_role)
+for _site in ("citizen", "staff"):
+    CONNECTIONS_REFUSED.labels(site=_site)
 for _reason in LINK_REFUSAL_REASONS:
     LINK_REFUSALS.labels(reason=_reason)
 for _reason in SMS_FAILURE_REASONS:  # increase() in alerts misses a series' first value

@@ -92,12 +92,17 @@ def operator_app(cfg: Any, readiness: dict[str, ReadinessCheck],
                                  headers={"Cache-Control": "no-store"})
 
     app = web.Application(client_max_size=64 * 1024)
+    app.on_response_prepare.append(_no_banner)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if extra_routes:
         app.add_routes(extra_routes)
     return app
+
+
+async def _no_banner(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "madoguchi"  # not aiohttp's version banner
 
 
 async def start_operator(app: web.Application, host: str, port: int) -> web.AppRunner:

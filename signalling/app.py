@@ -22,9 +22,10 @@ from madoguchi.config import Config, ConfigError
 from madoguchi.logs import event
 from signalling import citizen_site, staff_site
 from signalling.auth import Authenticator
-from signalling.httputil import ICE_SERVERS, MAX_BYTES, WEB_ROOT
+from signalling.httputil import BODY_TIMEOUT, ICE_SERVERS, MAX_BYTES, WEB_ROOT
 from signalling.hub import Hub
 from signalling.linktoken import SignallingTokens, load_secret
+from signalling.listener import GuardedSite
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class Server:
         install_security(app, site)  # headers on WebSocket and streamed answers too
         app[WEB_ROOT] = self.cfg.web_root
         app[MAX_BYTES] = self.cfg.server.max_message_bytes
+        app[BODY_TIMEOUT] = self.cfg.server.body_timeout_seconds
         app[ICE_SERVERS] = [{"urls": url} for url in self.cfg.sfu.ice_servers]
         return app
 
@@ -194,7 +196,12 @@ class Server:
                       ctx: ssl.SSLContext | None) -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_address=True)
+        site: web.BaseSite
+        if ctx is None:  # the operator listener (loopback)
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+        else:
+            site = GuardedSite(runner, host, port, ssl_context=ctx, site=name,
+                               limits=self.cfg.server)
         try:
             await site.start()
         except OSError as exc:

@@ -133,6 +133,33 @@ class _FailureWindow:
         self._trim(key, now).append(now)
 
 
+class _PhantomLockout:
+    """Failure counts and lockouts of user names that have no account, kept like a real
+    account's (``failed_logins``, ``locked_until``) so the answers are the same. Memory
+    only, bounded: the oldest names go first."""
+
+    def __init__(self, failures: int, lock_seconds: float, max_names: int = 10000) -> None:
+        self.failures = failures
+        self.lock_seconds = lock_seconds
+        self.max_names = max_names
+        self._names: dict[str, tuple[int, float]] = {}  # name hash -> (failures, until)
+
+    def fail(self, username: str, now: float) -> bool:
+        """Count one failure; True when the name is (now) locked."""
+        key = hashlib.sha256(username.encode("utf-8", "replace")).hexdigest()
+        count, until = self._names.pop(key, (0, 0.0))
+        if until > now:
+            self._names[key] = (count, until)
+            return True
+        count += 1
+        if count >= self.failures:
+            count, until = 0, now + self.lock_seconds
+        self._names[key] = (count, until)  # re-inserted: dict order is age order
+        while len(self._names) > self.max_names:
+            del self._names[next(iter(self._names))]
+        return until > now
+
+
 class _KeyedLocks:
     """One asyncio lock per key, dropped when nobody holds or waits for it. Login attempts
     are serialised per certificate and per account, so parallel guesses cannot slip past
@@ -167,6 +194,8 @@ class Authenticator:
         self.audit = audit
         self.is_revoked = is_revoked
         self._cert_failures = _FailureWindow(auth_cfg.cert_failures_per_minute)
+        self._phantoms = _PhantomLockout(auth_cfg.lockout_failures,
+                                         auth_cfg.lockout_minutes * 60)
         self._cert_locks = _KeyedLocks()
         self._user_locks = _KeyedLocks()
 
@@ -241,11 +270,14 @@ class Authenticator:
             # The typed name is not recorded: it may be a password typed in the wrong field.
             self._audit(audit_actions.LOGIN_FAILED, cert_serial=cert_serial,
                         result="unknown_user")
-            raise LoginError("invalid_credentials")
+            # An unknown name locks like a real one: "locked" must not reveal an account.
+            raise LoginError("locked" if self._phantoms.fail(username, now) else
+                             "invalid_credentials")
         who = {"staff": account.username, "ward": account.ward, "cert_serial": cert_serial}
         if account.locked_until > now:
-            # No password check while locked: the answer is "locked" whatever it is, and
-            # a locked account must not cost an argon2 run per guess.
+            # The answer is "locked" whatever the password is; the hash is still run so
+            # the time taken does not tell a locked real account from an unknown name.
+            await self._dummy(password)
             self._cert_failures.add(fp, now)
             metrics.LOGINS.labels(result="locked").inc()
             self._audit(audit_actions.LOGIN_LOCKED, **who, result="locked")
@@ -302,14 +334,19 @@ class Authenticator:
         request[_REQUEST_KEY] = principal
         return principal
 
-    async def revalidate(self, request: web.Request) -> Principal | None:
+    async def revalidate(self, request: web.Request, user_action: bool = False
+                         ) -> Principal | None:
         """Check the session again (long-lived WebSockets: call it every minute or so and
         close the socket on None: expired session, logout, disabled account, or the
-        certificate revoked since the connection was opened)."""
+        certificate revoked since the connection was opened). Only a ``user_action``
+        counts as activity: a periodic check must not keep an unattended PC logged in."""
         request[_REQUEST_KEY] = _MISSING
-        return await self.authenticate(request)
+        principal = await self._authenticate(request, touch=user_action)
+        request[_REQUEST_KEY] = principal
+        return principal
 
-    async def _authenticate(self, request: web.Request) -> Principal | None:
+    async def _authenticate(self, request: web.Request, touch: bool = True
+                            ) -> Principal | None:
         cookie = request.cookies.get(SESSION_COOKIE, "")
         if not cookie or len(cookie) > 256:
             return None
@@ -341,7 +378,7 @@ class Authenticator:
         if account is None or account.disabled:
             await self.store.delete_session(id_hash)
             return None
-        if now - session.last_seen >= TOUCH_INTERVAL:
+        if touch and now - session.last_seen >= TOUCH_INTERVAL:
             await self.store.update_session(id_hash, {"last_seen": now})
             session.last_seen = now
         return Principal(username=account.username, ward=account.ward, role=account.role,
@@ -378,9 +415,25 @@ class Authenticator:
             raise LoginError("invalid_credentials")
         who = {"staff": account.username, "ward": account.ward,
                "cert_serial": principal.cert_serial}
+        fp = principal.cert_fingerprint.lower()
+        # The same lockout and per-certificate limit as login: a live session is no
+        # licence to guess the old password.
+        if self._cert_failures.blocked(fp, now):
+            self._audit(audit_actions.PASSWORD_CHANGED, **who, result="rate_limited")
+            raise LoginError("rate_limited")
+        if account.locked_until > now:
+            await self._dummy(old)
+            self._cert_failures.add(fp, now)
+            self._audit(audit_actions.PASSWORD_CHANGED, **who, result="locked")
+            raise LoginError("locked")
         if not await self._verify(account.password_hash, old):
-            await self._count_failure(account, now)
+            self._cert_failures.add(fp, now)
+            locked = await self._count_failure(account, now)
             self._audit(audit_actions.PASSWORD_CHANGED, **who, result="wrong_password")
+            if locked:
+                self._audit(audit_actions.ACCOUNT_LOCKED, **who,
+                            detail=f"{self.cfg.lockout_minutes} minutes")
+                raise LoginError("locked")
             raise LoginError("invalid_credentials", "The current password is wrong.")
         try:
             check_policy(new, self.cfg.password_min_length, account.username)

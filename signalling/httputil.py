@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,57 @@ from aiohttp import WSMsgType, web
 WEB_ROOT = web.AppKey("web_root", Path)
 MAX_BYTES = web.AppKey("max_message_bytes", int)
 ICE_SERVERS = web.AppKey("ice_servers", list)
+BODY_TIMEOUT = web.AppKey("body_timeout_seconds", float)
+
+# Client JSON is never deep nor holds huge numbers; bounding both keeps the parser from
+# RecursionError (deep nesting) and int()'s digit limit (ValueError) becoming a 500.
+MAX_JSON_DEPTH = 32
+MAX_NUMBER_CHARS = 32
+
+
+class BadJson(ValueError):
+    """Client JSON refused: not JSON, too deep, or a number too long."""
+
+
+def _bounded_number(text: str) -> int | float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise BadJson("number too long")
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise BadJson(f"{name} is not JSON")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """The one parser of client JSON (bodies and socket messages): raises ``BadJson``."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadJson("not UTF-8") from None
+    try:
+        data = json.loads(text, parse_int=_bounded_number, parse_float=_bounded_number,
+                          parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise BadJson(type(exc).__name__) from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise BadJson("nested too deeply")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((v, depth + 1) for v in value)
+    return deepest
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -26,7 +78,7 @@ def fail(status: int, code: str, message: str) -> NoReturn:
 
 def _http_error(status: int, code: str, message: str) -> web.HTTPException:
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
-           404: web.HTTPNotFound, 409: web.HTTPConflict, 410: web.HTTPGone,
+           404: web.HTTPNotFound, 408: web.HTTPRequestTimeout, 409: web.HTTPConflict, 410: web.HTTPGone,
            413: web.HTTPRequestEntityTooLarge, 429: web.HTTPTooManyRequests,
            503: web.HTTPServiceUnavailable}.get(status, web.HTTPBadRequest)
     body = json.dumps({"error": code, "message": message}, ensure_ascii=False)
@@ -41,13 +93,18 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > request.app[MAX_BYTES]:
         fail(413, "too_large", "Request body too large.")
     try:
-        raw = await request.read()
+        # A body trickled byte by byte must not hold the connection (slowloris).
+        raw = await asyncio.wait_for(request.read(), request.app.get(BODY_TIMEOUT, 30.0))
     except web.HTTPRequestEntityTooLarge:
         fail(413, "too_large", "Request body too large.")
+    except TimeoutError:
+        request.protocol.force_close()
+        fail(408, "body_timeout", "The request body did not arrive in time.")
     try:
-        data = json.loads(raw.decode("utf-8")) if raw else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        fail(400, "bad_json", "The request body is not valid JSON.")
+        data = parse_json(raw) if raw else {}
+    except BadJson:
+        fail(400, "bad_json", "The request body is not valid JSON (or too deep, or a "
+                              "number too long).")
     if not isinstance(data, dict):
         fail(400, "bad_json", "The request body must be a JSON object.")
     return data
@@ -72,8 +129,8 @@ def ws_object(msg: Any) -> dict[str, Any] | None:
     if msg.type != WSMsgType.TEXT:
         return None
     try:
-        data = json.loads(msg.data)
-    except ValueError:
+        data = parse_json(msg.data)
+    except BadJson:
         return None
     return data if isinstance(data, dict) else None
 

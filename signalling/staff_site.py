@@ -111,7 +111,8 @@ async def api_password(request: web.Request) -> web.Response:
     try:
         await request.app[AUTH].change_password(request["principal"], old, new)
     except LoginError as exc:
-        fail(400, exc.code, exc.message)
+        # 429, not 401: the session is fine, the console must not log out.
+        fail(429 if exc.code in ("locked", "rate_limited") else 400, exc.code, exc.message)
     return web.json_response({"ok": True})
 
 
@@ -183,7 +184,8 @@ async def staff_socket(request: web.Request) -> web.WebSocketResponse:
         guard = asyncio.ensure_future(_revalidate(ws, request))
         try:
             async for data in ws_objects(ws):
-                if await request.app[AUTH].revalidate(request) is None:
+                # A message is the user acting (view, leave, end): it counts as activity.
+                if await request.app[AUTH].revalidate(request, user_action=True) is None:
                     await _session_ended(ws)
                     break
                 if data.get("type") in REVIEW_MESSAGES:

@@ -29,6 +29,8 @@ SITES = ("citizen", "staff")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
 HSTS = "max-age=63072000"
+# Replaces aiohttp's "Python/3.x aiohttp/3.x": no version banner for scanners.
+SERVER_NAME = "madoguchi"
 
 PERMISSIONS = {
     # The citizen streams camera and voice; staff only talk back.
@@ -62,6 +64,7 @@ def security_headers(site: str, request: web.Request, response: web.StreamRespon
                      public_url: str | None = None) -> None:
     """Set the security headers of ``site`` on ``response`` (idempotent)."""
     h = response.headers
+    h[hdrs.SERVER] = SERVER_NAME
     h["Content-Security-Policy"] = content_security_policy(_ws_origin(request, public_url))
     h["Strict-Transport-Security"] = HSTS
     h["X-Content-Type-Options"] = "nosniff"

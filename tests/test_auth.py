@@ -5,6 +5,7 @@ argon2id, real mutual TLS for the session tests; time travel with ManualClock.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -449,17 +450,26 @@ async def test_revalidate_sees_changes_during_a_long_request(
         again = await auth.revalidate(request)
         return web.json_response({"cached": cached is not None, "again": again is not None})
 
-    app = session_app(auth)
-    app.router.add_get("/long", long_lived)
-    runner, port = await serve_tls(app, staff_ssl_context(pki.tls_config()))
     await add_account(store)
+    async with logged_in(auth, pki, ("/long", long_lived)) as b:
+        status, body, _ = await b.call("GET", "/long")
+        assert (status, body) == (200, {"cached": True, "again": False})
+
+
+@contextlib.asynccontextmanager
+async def logged_in(auth: Authenticator, pki: Pki, *routes: tuple[str, Any]
+                    ) -> AsyncIterator[Browser]:
+    """The session test site with extra GET ``routes``, and a browser logged in to it."""
+    app = session_app(auth)
+    for path, handler in routes:
+        app.router.add_get(path, handler)
+    runner, port = await serve_tls(app, staff_ssl_context(pki.tls_config()))
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
         ssl=pki.client_context(pki.valid)))
     try:
         b = Browser(http, f"https://127.0.0.1:{port}")
         await login(b)
-        status, body, _ = await b.call("GET", "/long")
-        assert (status, body) == (200, {"cached": True, "again": False})
+        yield b
     finally:
         await http.close()
         await runner.cleanup()  # type: ignore[attr-defined]
