@@ -6,9 +6,10 @@ they were recorded relative to each other (pts on the recording timeline), so au
 video leave together and the reviewer's browser keeps them in sync.
 
 Controls: ``play``/``pause`` (pause keeps the cursor: playing on continues with the next
-frame, no keyframe needed); ``seek(seconds)`` moves the cursor to the last video keyframe
-at or before that time (the granularity is the recording's keyframe spacing: each segment
-starts with one). The session ends by itself when the deadline arrives, when the recording
+frame, no keyframe needed); ``seek(seconds)`` lands on the video frame at that time: the
+frames from the last keyframe before it are sent at once, still encoded, and the viewer's
+decoder catches up (granularity: one frame; cost: up to one keyframe interval of video
+sent in a burst). The session ends by itself when the deadline arrives, when the recording
 is deleted (retention never waits for a review), or when the reviewer's peer goes away.
 """
 
@@ -32,6 +33,9 @@ LEAD_SECONDS = 0.02  # first frame of a run leaves this long after the run is pl
 UPDATE_SECONDS = 0.25  # position updates while playing
 WATCH_SECONDS = 1.0  # deadline / deletion / peer checks
 RESYNC_MIN_SECONDS = 2.0  # at most one keyframe resync per this time (viewer PLI)
+BURST_STEP = 0.001  # RTP time between the frames of a seek's catch-up burst
+BURST_FRAMES, BURST_PAUSE = 8, 0.004  # a short pause after every 8 burst frames
+VIDEO = "citizen-video"
 
 # viewer-side losses; "join"/"source" come from the track itself at the start of a stream
 RESYNC_REASONS = frozenset({"pli", "fir", "skip"})
@@ -68,6 +72,7 @@ class ReviewSession:
         self._cursor = 0
         self._ahead: tuple[int, asyncio.Future[list[RecordedFrame]]] | None = None
         self._seek_to: int | None = 0  # ms relative; the first run starts at 0
+        self._not_before = 0.0  # monotonic: RTP time already used by a seek's burst
         self._wake = asyncio.Event()
         self._last_resync = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -178,14 +183,13 @@ class ReviewSession:
                     continue
                 if not self.playing:
                     if self._seek_to is not None:  # seek while paused: show that picture
-                        await self._load(self._seek_to)
-                        await self._show_keyframe()
+                        await self._seek(self._seek_to)
                     self._set_state(PAUSED)
                     self._publish()
                     await self._wait(None)
                     continue
                 if self._seek_to is not None:
-                    await self._load(self._seek_to)
+                    await self._seek(self._seek_to)
                 self._set_state(PLAYING)
                 await self._run()
         except ReadError as exc:
@@ -208,8 +212,11 @@ class ReviewSession:
             self._ahead = (index, asyncio.ensure_future(
                 asyncio.to_thread(self.reader.frames, index)))
 
-    async def _load(self, relative_ms: int) -> None:
-        """Place the cursor on the last video keyframe at or before ``relative_ms``."""
+    async def _seek(self, relative_ms: int) -> None:
+        """Move to ``relative_ms``: from the last video keyframe at or before it, the video
+        frames up to it go out at once (a burst, nothing decoded here: the reviewer's
+        decoder catches up and shows the picture at the target); play goes on from the
+        next frame. Granularity: one video frame."""
         self._seek_to = None
         target = self.start_ms + relative_ms
         index = self.reader.segment_at(target)
@@ -217,26 +224,32 @@ class ReviewSession:
             self._frames = await self._segment_frames(index)
             self._segment = index
         frames = self._frames
-        start = 0
+        key = last = None
         for i, f in enumerate(frames):
-            if f.pts > target:
+            if f.track != VIDEO:
+                continue
+            if f.pts > target and key is not None:
                 break
             if f.keyframe:
-                start = i
-        key_pts = frames[start].pts if frames else target
-        # audio recorded just before the keyframe belongs to the same instant
-        while start > 0 and frames[start - 1].pts >= key_pts:
-            start -= 1
-        self._cursor = start
-        self.position_ms = max(0, key_pts - self.start_ms)
+                key = i
+            if key is not None:
+                last = i
+        if key is None or last is None:  # no keyframe in this segment: nothing to show
+            self._cursor = len(frames)
+            return
+        self._cursor = last + 1
+        self.position_ms = max(0, frames[last].pts - self.start_ms)
+        burst = [f for f in frames[key:last + 1] if f.track == VIDEO]
+        self._not_before = await self._burst(burst)
 
-    async def _show_keyframe(self) -> None:
-        frames = self._frames
-        for i in range(self._cursor, len(frames)):
-            if frames[i].track == "citizen-video":
-                await self.replay.send(frames[i].track, frames[i].data, time.monotonic())
-                self._cursor = i + 1
-                return
+    async def _burst(self, frames: list[RecordedFrame]) -> float:
+        """Send frames back to back (RTP time 1 ms apart); the end of their RTP time."""
+        start = time.monotonic()
+        for i, f in enumerate(frames):
+            await self.replay.send(f.track, f.data, start + i * BURST_STEP)
+            if i % BURST_FRAMES == BURST_FRAMES - 1:
+                await asyncio.sleep(BURST_PAUSE)  # let the socket drain (no backlog skip)
+        return start + len(frames) * BURST_STEP
 
     async def _run(self) -> None:
         """Send frames from the cursor in real time until a control or the end."""
@@ -254,7 +267,8 @@ class ReviewSession:
                 continue
             frame = frames[self._cursor]
             if anchor is None:
-                anchor = (time.monotonic() + LEAD_SECONDS, frame.pts)
+                start = max(time.monotonic() + LEAD_SECONDS, self._not_before + BURST_STEP)
+                anchor = (start, frame.pts)
                 self._read_ahead(self._segment + 1)
             due = anchor[0] + (frame.pts - anchor[1]) / 1000
             delay = due - time.monotonic()
@@ -262,7 +276,7 @@ class ReviewSession:
                 return  # a control: the outer loop re-plans
             await self.replay.send(frame.track, frame.data, due)
             self._cursor += 1
-            if frame.track == "citizen-video":
+            if frame.track == VIDEO:
                 self.position_ms = max(0, frame.pts - self.start_ms)
             now = time.monotonic()
             if now >= next_update:

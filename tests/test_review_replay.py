@@ -135,22 +135,28 @@ async def test_pause_stops_and_seek_lands_on_a_keyframe(recording: tuple[Path, b
         await asyncio.sleep(0.6)
         assert session.position_ms == held, "the position moved while paused"
         assert len(review.video()) <= count + 1  # at most a frame already on the wire
-        # seek to the middle while paused: the picture there is sent at once (a keyframe;
-        # aiortc's receiver hands a frame over only when the next one starts, hence play)
+        # seek to the middle while paused: the frames from the keyframe before it up to it
+        # go out at once (aiortc's receiver hands a frame over only when the next one
+        # starts, hence play afterwards); play goes on from the next recorded frame
         middle = session.duration / 2
-        keyframes = [f for f in all_frames(review.reader, "citizen-video") if f.keyframe]
-        expected = max((f for f in keyframes
-                        if f.pts - session.start_ms <= middle * 1000), key=lambda f: f.pts)
+        video = all_frames(review.reader, "citizen-video")
+        target = session.start_ms + int(middle * 1000)
+        last = max(i for i, f in enumerate(video) if f.pts <= target)
+        key = max(i for i in range(last + 1) if video[i].keyframe)
         before = len(review.video())
         session.seek(middle)
-        await wait_for(lambda: session.position_ms == expected.pts - session.start_ms)
+        await wait_for(lambda: session.position_ms == video[last].pts - session.start_ms)
         assert session.position_ms > held
+        assert video[last].pts > video[key].pts, "the middle is not on a keyframe: a weak test"
         session.play()
-        await wait_for(lambda: session.position_ms > expected.pts - session.start_ms + 300)
-        after = review.video()[before:]
-        first_key = next(f for f in after if f.keyframe)
-        assert first_key.data == expected.data
-        assert all(not f.keyframe for f in after[:after.index(first_key)])
+        await wait_for(lambda: session.position_ms > video[last].pts - session.start_ms + 300)
+        after = [f.data for f in review.video()[before:]]
+        first_key = after.index(video[key].data)
+        assert not any(f.keyframe for f in review.video()[before:before + first_key])
+        run = after[first_key:]
+        assert run == [f.data for f in video[key:key + len(run)]], \
+            "after a seek the reviewer gets the recorded frames from the keyframe on, in order"
+        assert len(run) > last - key + 5
         assert session.state == "playing"
         assert any(u["state"] == "paused" for u in review.updates)
 
