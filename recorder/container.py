@@ -20,6 +20,8 @@ class ContainerError(Exception):
     """The decrypted bytes are not a readable recording container."""
 
 
+GAP_MS = 1000  # video frames further apart than this: a gap (network loss)
+
 @dataclass
 class ContainerInfo:
     format: str = ""
@@ -34,6 +36,10 @@ class ContainerInfo:
     last_by_stream: dict[int, int] = field(default_factory=dict)
     starts_with_keyframe: bool = False
     problems: list[str] = field(default_factory=list)
+    first_video_pts: int | None = None  # ms
+    last_video_pts: int | None = None  # ms
+    # (at ms, length ms): video frames further apart than GAP_MS (the path was lost)
+    video_gaps: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -86,8 +92,14 @@ def inspect_container(plaintext: bytes) -> ContainerInfo:
                         info.starts_with_keyframe = key
                         first_video = False
                     if prev_video is not None:
-                        interval = pts - prev_video
-                    prev_video = pts
+                        step = pts - prev_video
+                        if step > GAP_MS:
+                            info.video_gaps.append((prev_video, step))
+                        else:
+                            interval = step
+                    else:
+                        info.first_video_pts = pts
+                    prev_video = info.last_video_pts = pts
                     info.video_frames += 1
                     end = pts + max(interval, 1)
                 else:

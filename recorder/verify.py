@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder.container import ContainerError, inspect_container
+from recorder.container import GAP_MS, ContainerError, ContainerInfo, inspect_container
 from recorder.datakey import KeyEncryptionKey, KeyError_, data_key_id, unwrap
 from recorder.layout import TEMP_SUFFIX, LayoutError, consultation_dir, segment_files, segment_name
 from recorder.manifest import STATE_CLOSED, STATE_FAILED, Manifest, read_manifest
@@ -33,6 +33,9 @@ class VerifyReport:
     state: str = ""
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # (at s, length s) from the recording's start: no video for longer than GAP_MS
+    # (the phone lost its path or reconnected); the recording went on after it.
+    gaps: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -42,6 +45,7 @@ class VerifyReport:
         out = [f"consultation {self.consultation_id}: {self.segments} segment(s) verified, "
                f"{self.listed} listed, total duration {self.duration:.1f} s"
                + (f", recording {self.state}" if self.state else "")]
+        out += [f"gap of {length:.1f} s without video at {at:.1f} s" for at, length in self.gaps]
         out += [f"note: {n}" for n in self.notes]
         out += [f"problem: {p}" for p in self.problems]
         out.append("OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)")
@@ -105,6 +109,7 @@ def verify_recording(recording_dir: Path, consultation_id: str, data_key: bytes)
     last = max([len(listed), *files.keys()])
     prev_hash: bytes | None = ZERO_HASH
     prev_last: dict[int, int] = {}
+    video: tuple[int | None, int | None] = (None, None)  # (first, last) video ms so far
     for index in range(1, last + 1):
         entry = listed[index - 1] if index <= len(listed) else None
         name = segment_name(index)
@@ -153,6 +158,7 @@ def verify_recording(recording_dir: Path, consultation_id: str, data_key: bytes)
                     f"{name}: track {stream} starts at {first} ms, not after the end of the "
                     f"previous segment ({before} ms)")
         prev_last.update(info.last_by_stream)
+        video = _note_gaps(report, info, video)
         if entry is not None and entry.video_frames != info.video_frames:
             report.problems.append(f"{name}: holds {info.video_frames} video frames, the "
                                    f"manifest says {entry.video_frames}")
@@ -167,6 +173,20 @@ def verify_recording(recording_dir: Path, consultation_id: str, data_key: bytes)
             report.segments += 1
             report.duration += info.duration
     return report
+
+
+def _note_gaps(report: VerifyReport, info: ContainerInfo,
+               video: tuple[int | None, int | None]) -> tuple[int | None, int | None]:
+    """Add the segment's video gaps (and one across the previous segment's end)."""
+    first, last = video
+    if info.first_video_pts is None:
+        return video
+    origin = first if first is not None else info.first_video_pts
+    gaps = list(info.video_gaps)
+    if last is not None and info.first_video_pts - last > GAP_MS:
+        gaps.insert(0, (last, info.first_video_pts - last))
+    report.gaps += [((at - origin) / 1000, length / 1000) for at, length in gaps]
+    return origin, info.last_video_pts
 
 
 async def verify_consultation(store: Any, kek: KeyEncryptionKey, recording_dir: Path,
