@@ -258,6 +258,11 @@ async function connect() {
       setStatus("live");
       playStaffAudio();
     },
+    onReconnecting: () => {
+      if (state.session !== session) return;
+      el.liveBadge.hidden = true;
+      setStatus("reconnecting");
+    },
     onMessage,
     onEnded: () => finalScreen("ended"),
     onLost: () => {
@@ -361,6 +366,17 @@ function addLink(msg) {
   el.links.hidden = false;
 }
 
+/** Back online or on another network: recover now instead of waiting for a timer. */
+function onNetworkChange() {
+  if (state.over) return;
+  if (state.session) {
+    state.session.networkChanged();
+  } else if (state.reconnectTimer) {
+    window.clearTimeout(state.reconnectTimer);
+    connect();
+  }
+}
+
 function wireControls() {
   el.accept.addEventListener("click", onConsent);
   el.start.addEventListener("click", onStart);
@@ -375,12 +391,10 @@ function wireControls() {
   // end-call ends at once, like the staff's: the contract every script relies on.
   el.end.addEventListener("click", onEnd);
   el.messageAction.addEventListener("click", () => { if (state.action) state.action(); });
-  window.addEventListener("online", () => {
-    if (!state.over && !state.session && state.reconnectTimer) {
-      window.clearTimeout(state.reconnectTimer);
-      connect();
-    }
-  });
+  window.addEventListener("online", onNetworkChange);
+  if (navigator.connection && navigator.connection.addEventListener) {
+    navigator.connection.addEventListener("change", onNetworkChange);
+  }
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && state.session) keepScreenOn(true);
   });

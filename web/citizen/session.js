@@ -1,11 +1,21 @@
 // One signalling + WebRTC session of the citizen: /ws/citizen, non-trickle offer,
 // camera video + microphone audio sent, staff audio received, data channel "madoguchi".
-// A lost connection is reported once (onLost); the page decides whether to reconnect.
+// A media path that drops (ICE disconnected: Wi-Fi <-> LTE, a tunnel) is reported with
+// onReconnecting; if it does not come back by itself within RENEGOTIATE_AFTER_MS, or ICE
+// fails, the session offers a new peer connection on the SAME socket (the server has no
+// ICE restart: aiortc cannot restart ICE, so a fresh peer replaces the old one in the
+// room, numbering continuous, no new consent, staff viewers untouched). Only when the
+// socket itself is lost is onLost reported; the page then opens a new session.
 
 import { iceGatheringComplete, normalizeIceServers, wsUrl } from "/common/rtc.js";
 
 const CONNECT_TIMEOUT_MS = 25000;
-const DISCONNECTED_GRACE_MS = 4000;
+const RENEGOTIATE_AFTER_MS = 3000;
+// ICE says "disconnected" only after several seconds; the SFU sends something (staff
+// audio, RTCP at least every 1.5 s) all the time, so silence this long means the path dropped.
+const SILENT_MS = 2000;
+const WATCH_MS = 500;
+const MAX_RENEGOTIATIONS = 3; // in a row without getting connected: give up the socket too
 
 /**
  * @typedef {object} SessionHandlers
@@ -14,6 +24,7 @@ const DISCONNECTED_GRACE_MS = 4000;
  *           ({type: "link", id, url, title}); may come twice (socket + data channel)
  * @property {(reason: string) => void} onEnded   the call is over (either side)
  * @property {(reason: string) => void} onLost    connection lost: reconnect may help
+ * @property {() => void} [onReconnecting]  the media path dropped; recovering by itself
  * @property {(recording: boolean) => void} [onReady]
  */
 
@@ -35,6 +46,13 @@ export class CallSession {
     this.closed = false;
     this.live = false;
     this.timers = new Set();
+    this.iceServers = [];
+    this.reconnecting = false;
+    this.renegotiations = 0;
+    this.renegotiateTimer = 0;
+    this.awaitingAnswer = false;
+    this.rxBytes = -1;
+    this.rxAt = 0;
   }
 
   start() {
@@ -47,6 +65,29 @@ export class CallSession {
     this.ws.addEventListener("close", () => this.lost("signalling_closed"));
     this.ws.addEventListener("error", () => this.lost("signalling_error"));
     this.later(() => { if (!this.live) this.lost("timeout"); }, CONNECT_TIMEOUT_MS);
+    this.watchTimer = setInterval(() => this.watchPath(), WATCH_MS);
+  }
+
+  /** Notices a silent path before ICE does, and its return. */
+  async watchPath() {
+    const pc = this.pc;
+    if (this.closed || !pc || !this.live) return;
+    let bytes = 0;
+    try {
+      (await pc.getStats()).forEach((s) => { if (s.type === "transport") bytes += s.bytesReceived || 0; });
+    } catch {
+      return;
+    }
+    if (pc !== this.pc || this.closed) return;
+    const now = performance.now();
+    if (bytes !== this.rxBytes) {
+      const wasSilent = this.rxBytes >= 0 && now - this.rxAt > SILENT_MS;
+      this.rxBytes = bytes;
+      this.rxAt = now;
+      if (wasSilent && this.reconnecting && pc.connectionState === "connected") this.onConnectionState();
+    } else if (now - this.rxAt > SILENT_MS && !this.reconnecting) {
+      this.pathDropped();
+    }
   }
 
   send(msg) {
@@ -75,10 +116,12 @@ export class CallSession {
       switch (msg.type) {
         case "ready":
           if (this.h.onReady) this.h.onReady(!!msg.recording);
-          await this.offer(msg.ice_servers);
+          this.iceServers = msg.ice_servers;
+          await this.offer();
           break;
         case "answer":
-          if (this.pc && typeof msg.sdp === "string") {
+          this.awaitingAnswer = false;
+          if (this.pc && this.pc.signalingState === "have-local-offer" && typeof msg.sdp === "string") {
             await this.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
           }
           break;
@@ -98,8 +141,8 @@ export class CallSession {
     }
   }
 
-  async offer(iceServers) {
-    const pc = new RTCPeerConnection({ iceServers: normalizeIceServers(iceServers) });
+  async offer() {
+    const pc = new RTCPeerConnection({ iceServers: normalizeIceServers(this.iceServers) });
     this.pc = pc;
     for (const track of this.localStream.getTracks()) pc.addTrack(track, this.localStream);
     this.dc = pc.createDataChannel("madoguchi");
@@ -118,28 +161,79 @@ export class CallSession {
         this.remoteStream.addTrack(ev.track);
       }
     });
-    pc.addEventListener("connectionstatechange", () => this.onConnectionState());
+    pc.addEventListener("connectionstatechange", () => { if (this.pc === pc) this.onConnectionState(); });
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringComplete(pc, 5000);
-    if (this.closed) return;
-    this.send({ type: "offer", sdp: pc.localDescription.sdp });
+    if (this.closed || this.pc !== pc) return;
+    this.awaitingAnswer = this.send({ type: "offer", sdp: pc.localDescription.sdp });
   }
 
   onConnectionState() {
     if (this.closed || !this.pc) return;
     const state = this.pc.connectionState;
     if (state === "connected") {
-      if (!this.live) {
+      clearTimeout(this.renegotiateTimer);
+      this.renegotiations = 0;
+      if (!this.live || this.reconnecting) {
         this.live = true;
+        this.reconnecting = false;
         this.h.onLive();
       }
     } else if (state === "failed") {
-      this.lost("ice_failed");
-    } else if (state === "disconnected") {
-      this.later(() => {
-        if (this.pc && this.pc.connectionState !== "connected") this.lost("ice_disconnected");
-      }, DISCONNECTED_GRACE_MS);
+      this.renegotiate("ice_failed");
+    } else if (state === "disconnected" && this.live) {
+      this.pathDropped();
     }
+  }
+
+  /** The media path dropped: say so, give ICE a moment to come back by itself. */
+  pathDropped() {
+    if (!this.reconnecting) {
+      this.reconnecting = true;
+      if (this.h.onReconnecting) this.h.onReconnecting();
+    }
+    clearTimeout(this.renegotiateTimer);
+    this.renegotiateTimer = this.later(() => {
+      // Still silent (or ICE down): a phone that changed networks will not get the old
+      // path back; do not wait for ICE to declare failure (tens of seconds).
+      if (this.reconnecting) this.renegotiate("path_lost");
+    }, RENEGOTIATE_AFTER_MS);
+  }
+
+  /** The network changed (online / connection change): renegotiate now if the path is down. */
+  networkChanged() {
+    if (this.closed || !this.pc || !this.live) return;
+    if (this.reconnecting && this.pc.connectionState !== "connected") this.renegotiate("network_change");
+  }
+
+  /** A new peer connection offered on the same socket (no ICE restart on the server). */
+  renegotiate(reason) {
+    if (this.closed) return;
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN
+        || this.renegotiations >= MAX_RENEGOTIATIONS) {
+      this.lost(reason);
+      return;
+    }
+    if (this.awaitingAnswer) return; // an offer is on its way; the timer below decides
+    this.renegotiations += 1;
+    this.rxBytes = -1;
+    if (!this.reconnecting) {
+      this.reconnecting = true;
+      if (this.h.onReconnecting) this.h.onReconnecting();
+    }
+    clearTimeout(this.renegotiateTimer);
+    const old = this.pc;
+    this.pc = null;
+    this.dc = null;
+    try { old.close(); } catch { /* already closed */ }
+    this.offer().catch((err) => this.lost(`webrtc_${(err && err.name) || "error"}`));
+    // Still not connected after a while (the path is still down): try again, then give up.
+    this.renegotiateTimer = this.later(() => {
+      if (!this.pc || this.pc.connectionState !== "connected") {
+        this.awaitingAnswer = false;
+        this.renegotiate(reason);
+      }
+    }, CONNECT_TIMEOUT_MS / 2);
   }
 
   /** A staff message from either path: acknowledged on the socket (every copy, so a
@@ -176,6 +270,7 @@ export class CallSession {
   /** Closes everything without reporting (the local stream stays open). */
   close() {
     this.closed = true;
+    clearInterval(this.watchTimer);
     for (const id of this.timers) clearTimeout(id);
     this.timers.clear();
     if (this.ws) {
