@@ -92,13 +92,32 @@ class SmsConfig:
 @dataclass
 class SfuConfig:
     host_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    ice_servers: list[str] = field(default_factory=list)
+    # Each entry: "stun:…" (string form, kept for old files) or a table
+    # {urls = "…" | ["…"], username = "…", credential = "…"}
+    ice_servers: list[str | dict[str, Any]] = field(default_factory=list)
     video_codec: str = "VP8"
     udp_rcvbuf_bytes: int = 4 * 1024 * 1024
     use_uvloop: bool = True
     max_video_kbps: int = 1500
     transport_cc: bool = True
-    peer_timeout_seconds: float = 10.0
+    peer_timeout_seconds: float = 30.0
+    allowed_candidate_networks: list[str] = field(default_factory=list)
+    max_candidates_per_section: int = 10
+    udp_port_min: int = 0
+    udp_port_max: int = 0
+
+
+@dataclass
+class TurnConfig:
+    enabled: bool = False
+    urls: list[str] = field(default_factory=list)
+    host: str = "localhost"
+    port: int = 3478
+    tls_port: int = 443
+    relay_min_port: int = 49152
+    relay_max_port: int = 49407
+    secret_file: str = ""
+    realm: str = "madoguchi"
 
 
 @dataclass
@@ -156,6 +175,7 @@ class Config:
     phone: PhoneConfig = field(default_factory=PhoneConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
     sfu: SfuConfig = field(default_factory=SfuConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -187,6 +207,20 @@ class Config:
     def secrets_dir(self) -> Path:
         """Keys that must never sit in the recording folder."""
         return self.data_path("secrets")
+
+    @property
+    def turn_secret_path(self) -> Path:
+        """coturn's static-auth-secret (hex text), shared with the TURN server."""
+        return Path(self.turn.secret_file) if self.turn.secret_file \
+            else self.secrets_dir / "turn.key"
+
+    @property
+    def turn_urls(self) -> list[str]:
+        """TURN URLs given to browsers: ``[turn] urls``, else UDP, TCP and TLS on host."""
+        t = self.turn
+        return list(t.urls) or [f"turn:{t.host}:{t.port}?transport=udp",
+                                f"turn:{t.host}:{t.port}?transport=tcp",
+                                f"turns:{t.host}:{t.tls_port}?transport=tcp"]
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -222,7 +256,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if origin is list:
             if not isinstance(value, list):
                 raise TypeError
-            return [str(v) for v in value]
+            if typ.__args__[0] is str:
+                return [str(v) for v in value]
+            return [v if isinstance(v, dict) else str(v) for v in value]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot use {value!r} as {getattr(typ, '__name__', typ)}") from exc
     return value
@@ -282,12 +318,38 @@ def validate(cfg: Config) -> None:
            server.body_timeout_seconds, server.max_connections,
            server.max_connections_per_address) <= 0:
         raise ConfigError("[server] timeouts and connection caps must be positive")
+    _validate_ice(cfg)
     if cfg.log.format not in ("json", "text"):
         raise ConfigError("[log] format must be 'json' or 'text'")
     if cfg.links.lifetime_minutes <= 0:
         raise ConfigError("[links] lifetime_minutes must be positive")
     if not 0 < cfg.links.signalling_token_seconds <= 300:
         raise ConfigError("[links] signalling_token_seconds must be between 1 and 300")
+
+
+def _validate_ice(cfg: Config) -> None:
+    from sfu.candidates import parse_networks  # sfu owns the candidate policy
+    from signalling.turn import check_ice_server_entries
+    try:
+        check_ice_server_entries(cfg.sfu.ice_servers)
+        parse_networks(cfg.sfu.allowed_candidate_networks)
+    except ValueError as exc:
+        raise ConfigError(f"[sfu] {exc}") from None
+    if cfg.sfu.max_candidates_per_section < 1:
+        raise ConfigError("[sfu] max_candidates_per_section must be at least 1")
+    lo, hi = cfg.sfu.udp_port_min, cfg.sfu.udp_port_max
+    if (lo or hi) and not 1024 <= lo <= hi <= 65535:
+        raise ConfigError("[sfu] udp_port_min..udp_port_max must be a range within 1024-65535 "
+                          "(both 0: any port)")
+    t = cfg.turn
+    if t.enabled:
+        if not 1 <= t.port <= 65535 or not 1 <= t.tls_port <= 65535:
+            raise ConfigError("[turn] port and tls_port must be 1-65535")
+        if not 1024 <= t.relay_min_port <= t.relay_max_port <= 65535:
+            raise ConfigError("[turn] relay_min_port..relay_max_port must be within 1024-65535")
+        for url in cfg.turn_urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ConfigError(f"[turn] urls: {url!r} is not a turn: or turns: URL")
 
 
 def as_dict(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -40,6 +40,12 @@ def apply_dev_defaults(cfg: Config, has_config_file: bool) -> list[str]:
                 fh.write(os.urandom(32).hex())
         cfg.recording.kek_file = str(Path(path))
         done.append("development key-encryption key in " + str(path))
+    loopback_only = all(a.split("=")[-1].strip().startswith("127.")
+                        for a in cfg.sfu.host_addresses)
+    if loopback_only and not cfg.sfu.allowed_candidate_networks:
+        # browsers on this machine offer 127.0.0.1; a deployment never allows loopback
+        cfg.sfu.allowed_candidate_networks = ["127.0.0.1/32"]
+        done.append("ICE candidates on 127.0.0.1 accepted (loopback development server)")
     for what in done:
         event(log, "development_default", logging.WARNING, detail=what)
     return done

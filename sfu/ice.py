@@ -11,16 +11,27 @@ otherwise. The context variable only exists inside ``with host_addresses(...)`` 
 1:1 NAT: an entry ``"PUBLIC=PRIVATE"`` binds PRIVATE and advertises PUBLIC in the SDP
 answer (see :func:`advertised_map` and ``sfu.sdp.rewrite_answer_addresses``).
 
+UDP port range. aioice binds each host candidate to port 0 (any port), which no city
+firewall opens. Inside ``with host_addresses(..., ports)`` the module ``aioice.ice`` sees
+an ``asyncio`` whose running loop binds datagram endpoints to a free port of the range
+(:class:`_PortRangeLoop`); everything else goes to the real loop. We chose a range over
+one shared port: aioice owns one socket per connection, and demultiplexing one socket by
+ICE username would replace aioice's whole transport layer.
+
 ICE servers are always an explicit list (never aiortc's default public STUN server).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import errno
 import logging
+import random
 import socket
 import time
+import types
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -39,6 +50,8 @@ AIOICE_REQUIRED = [
 _HOST_ADDRESSES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "madoguchi_sfu_host_addresses", default=None)
 _ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
+_UDP_PORTS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "madoguchi_sfu_udp_ports", default=None)
 
 
 def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
@@ -53,10 +66,60 @@ def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     return out
 
 
+class PortRangeExhausted(OSError):
+    """Every port of the configured media range is in use."""
+
+
+class _PortRangeLoop:
+    """The running loop, except that datagram endpoints asked for port 0 get a free port
+    of the range (random start, then every port once)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ports: tuple[int, int]) -> None:
+        self._loop = loop
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(self, factory: Any, local_addr: Any = None,
+                                       **kwargs: Any) -> Any:
+        if local_addr is None or local_addr[1] != 0:
+            return await self._loop.create_datagram_endpoint(factory, local_addr=local_addr,
+                                                             **kwargs)
+        lo, hi = self._ports
+        count = hi - lo + 1
+        start = random.randrange(count)
+        for i in range(count):
+            port = lo + (start + i) % count
+            try:
+                return await self._loop.create_datagram_endpoint(
+                    factory, local_addr=(local_addr[0], port), **kwargs)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:  # in use: try the next port
+                    raise
+        raise PortRangeExhausted(errno.EADDRINUSE, f"no free UDP port in {lo}-{hi}")
+
+
+class _AsyncioForAioice(types.ModuleType):
+    """``asyncio`` as aioice.ice sees it: the port range applies inside
+    ``host_addresses(..., ports)`` blocks."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    def get_running_loop() -> Any:
+        loop = asyncio.get_running_loop()
+        ports = _UDP_PORTS.get()
+        return loop if ports is None else _PortRangeLoop(loop, ports)
+
+
 def install() -> None:
-    """Install the context-aware ``get_host_addresses`` (idempotent)."""
+    """Install the context-aware ``get_host_addresses`` and port range (idempotent)."""
     if aioice.ice.get_host_addresses is not _get_host_addresses:
         aioice.ice.get_host_addresses = _get_host_addresses
+    if not isinstance(aioice.ice.asyncio, _AsyncioForAioice):
+        aioice.ice.asyncio = _AsyncioForAioice("asyncio")  # type: ignore[attr-defined]
 
 
 def bind_addresses(entries: list[str]) -> list[str]:
@@ -75,22 +138,31 @@ def advertised_map(entries: list[str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def host_addresses(addresses: list[str]) -> Iterator[None]:
-    """Within this block (and tasks started in it) aioice gathers only ``addresses``."""
+def host_addresses(addresses: list[str],
+                   udp_ports: tuple[int, int] | None = None) -> Iterator[None]:
+    """Within this block (and tasks started in it) aioice gathers only ``addresses``,
+    binding each to a port of ``udp_ports`` (inclusive) when given."""
     install()
     token = _HOST_ADDRESSES.set(list(addresses))
+    ports_token = _UDP_PORTS.set(udp_ports)
     try:
         yield
     finally:
+        _UDP_PORTS.reset(ports_token)
         _HOST_ADDRESSES.reset(token)
 
 
-def rtc_configuration(ice_server_urls: list[str]) -> RTCConfiguration:
-    """An explicit configuration for the SFU's own peers: the configured STUN URLs only
-    (maybe none). TURN URLs in ``[sfu] ice_servers`` are for browsers behind strict
-    networks; the server has a reachable address and never relays itself (a TURN entry
-    without credentials would only stall gathering)."""
-    stun = [u for u in ice_server_urls if u.strip().lower().startswith("stun:")]
+def _urls(entry: Any) -> list[str]:
+    urls = entry.get("urls", []) if isinstance(entry, dict) else entry
+    return [urls] if isinstance(urls, str) else [str(u) for u in urls]
+
+
+def rtc_configuration(ice_servers: list[Any]) -> RTCConfiguration:
+    """An explicit configuration for the SFU's own peers: the STUN URLs of ``[sfu]
+    ice_servers`` only (maybe none; entries are strings or {urls, …} tables). TURN is for
+    browsers behind strict networks; the server has a reachable address and never relays
+    itself."""
+    stun = [u for e in ice_servers for u in _urls(e) if u.strip().lower().startswith("stun:")]
     return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in stun])
 
 

@@ -25,6 +25,7 @@ from madoguchi.logs import event
 from madoguchi.metrics import SFU_ERRORS
 
 from . import hooks, ice, twcc
+from .candidates import CandidatePolicy, SectionBudget
 from .codecs import answer_opus
 from .fastpath import RtpDispatcher
 from .interfaces import SfuError
@@ -45,25 +46,32 @@ class PeerSettings:
     """What a peer needs from the SFU configuration."""
 
     host_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    ice_servers: list[str] = field(default_factory=list)
+    ice_servers: list[Any] = field(default_factory=list)
     video_codec: str = "VP8"
     udp_rcvbuf_bytes: int = 4 * 1024 * 1024
     max_video_bitrate: int = 1_500_000
     transport_cc: bool = True
-    peer_timeout: float = 10.0
+    # RFC 7675: consent expires after 30 s without an answer; browsers keep a silent
+    # peer as long, so a phone in a tunnel for 20 s comes back to the same call.
+    peer_timeout: float = 30.0
     connect_timeout: float = 30.0
+    candidate_policy: CandidatePolicy = field(default_factory=CandidatePolicy)
+    udp_ports: tuple[int, int] | None = None  # (min, max) for media sockets; None: any
 
 
 class Peer:
     def __init__(self, role: str, viewer: str | None, settings: PeerSettings,
                  consultation: str,
-                 on_state: Callable[[Peer, str], None]) -> None:
+                 on_state: Callable[[Peer, str], None],
+                 candidates: SectionBudget | None = None) -> None:
         self.role = role
         self.viewer = viewer
         self.settings = settings
         self.consultation = consultation
         self._on_state = on_state
         self.pc = RTCPeerConnection(ice.rtc_configuration(settings.ice_servers))
+        # remote candidates admitted so far (offer + trickle), per media section
+        self.candidates = candidates or SectionBudget(settings.candidate_policy)
         self.clock = PeerClock()
         self.created = time.monotonic()
         self.streams: list[PublisherStream] = []
@@ -101,7 +109,8 @@ class Peer:
         """setRemoteDescription + answer; raises SfuError (the peer is then closed)."""
         try:
             async with asyncio.timeout(NEGOTIATION_TIMEOUT):
-                with ice.host_addresses(ice.bind_addresses(self.settings.host_addresses)):
+                with ice.host_addresses(ice.bind_addresses(self.settings.host_addresses),
+                                        self.settings.udp_ports):
                     await self.pc.setRemoteDescription(
                         RTCSessionDescription(sdp=offer, type="offer"))
                     self._attach_stamps()

@@ -30,6 +30,7 @@ from madoguchi.logs import event
 from madoguchi.metrics import ACTIVE_PEERS, SFU_ERRORS
 
 from . import sdp as sdp_check
+from .candidates import SectionBudget
 from .codecs import normalize, preferences
 from .interfaces import SfuError
 from .peer import Peer, PeerSettings
@@ -149,7 +150,8 @@ class Replay:
 
     def _check_offer(self, offer_sdp: str) -> str:
         try:
-            text = sdp_check.sanitize_offer(offer_sdp)
+            text = sdp_check.sanitize_offer(
+                offer_sdp, SectionBudget(self.settings.candidate_policy))
             desc = sdp_check.parse_offer(text)
             kinds = sdp_check.summarize(desc).kinds()
             if kinds.count("video") != 1 or kinds.count("audio") > len(AUDIO_TRACKS):

@@ -18,6 +18,7 @@ from madoguchi.logs import event
 from madoguchi.metrics import ACTIVE_PEERS, SFU_ERRORS
 
 from . import sdp as sdp_check
+from .candidates import SectionBudget
 from .codecs import normalize, preferences
 from .floor import Floor
 from .interfaces import PacketSink, RoomEventCallback, SfuError
@@ -73,8 +74,9 @@ class LocalRoom:
         return self._closing
 
     async def connect_citizen(self, offer_sdp: str) -> str:
-        desc = self._check_offer(offer_sdp, role="citizen")
-        peer = Peer("citizen", None, self.settings, self.id, self._peer_state)
+        budget = SectionBudget(self.settings.candidate_policy)
+        desc = self._check_offer(offer_sdp, role="citizen", budget=budget)
+        peer = Peer("citizen", None, self.settings, self.id, self._peer_state, budget)
         video_track = self.tracks["citizen-video"]
         audio_track = self.tracks["citizen-audio"]
         v = peer.add_transceiver("video", "recvonly",
@@ -112,8 +114,9 @@ class LocalRoom:
     async def connect_staff(self, viewer_id: str, offer_sdp: str) -> str:
         if not isinstance(viewer_id, str) or not viewer_id or len(viewer_id) > MAX_VIEWER_ID:
             raise SfuError("invalid viewer id")
-        desc = self._check_offer(offer_sdp, role="staff")
-        peer = Peer("staff", viewer_id, self.settings, self.id, self._peer_state)
+        budget = SectionBudget(self.settings.candidate_policy)
+        desc = self._check_offer(offer_sdp, role="staff", budget=budget)
+        peer = Peer("staff", viewer_id, self.settings, self.id, self._peer_state, budget)
         v = peer.add_transceiver("video", "sendonly",
                                  preferences("video", self.video_codec, rtx=False))
         a = peer.add_transceiver("audio", "sendrecv", preferences("audio", self.video_codec,
@@ -209,11 +212,11 @@ class LocalRoom:
             self._on_closed(self)
 
     # internals -----------------------------------------------------------------
-    def _check_offer(self, offer_sdp: str, role: str) -> str:
+    def _check_offer(self, offer_sdp: str, role: str, budget: SectionBudget) -> str:
         if self._closing:
             raise SfuError("the room is closed")
         try:
-            text = sdp_check.sanitize_offer(offer_sdp)
+            text = sdp_check.sanitize_offer(offer_sdp, budget)
             desc = sdp_check.parse_offer(text)
             summary = sdp_check.summarize(desc)
             kinds = summary.kinds()

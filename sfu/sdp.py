@@ -1,10 +1,11 @@
 """Offer checking and answer touch-ups, done on the SDP text before aiortc sees it.
 
 - size limit and a clear :class:`SfuError` for anything aiortc cannot parse;
-- ``.local`` (mDNS) candidates are dropped: aioice would resolve them with multicast
-  DNS, which is slow and must not leave this machine; browsers with media permission
-  also offer their real addresses;
-- the API is non-trickle, so ``a=end-of-candidates`` is added where missing;
+- remote candidates pass the SFU's candidate policy (sfu/candidates.py: no mDNS names,
+  no private/loopback/link-local/multicast addresses unless allowed, at most N per
+  section); refusals are counted by reason;
+- a section that listed candidates gets ``a=end-of-candidates`` (the browser gathered
+  before offering); a section without any is left open for trickled candidates;
 - the codec check says which codec is missing instead of aiortc's generic error;
 - 1:1 NAT: private host addresses in the answer are replaced by public ones.
 """
@@ -18,6 +19,9 @@ from aiortc.codecs import CODECS
 from aiortc.rtcpeerconnection import filter_preferred_codecs, find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
+from madoguchi.metrics import SFU_CANDIDATES_REFUSED
+
+from .candidates import CandidatePolicy, SectionBudget
 from .codecs import preferences
 from .interfaces import SfuError
 
@@ -40,8 +44,10 @@ class OfferSummary:
         return [m.kind for m in self.media]
 
 
-def sanitize_offer(text: object) -> str:
-    """Return the offer without mDNS candidates and with end-of-candidates markers."""
+def sanitize_offer(text: object, budget: SectionBudget | None = None) -> str:
+    """Return the offer with only the candidates the policy admits (counted in
+    ``budget``, keyed by section index) and end-of-candidates markers."""
+    budget = budget or SectionBudget(CandidatePolicy())
     if not isinstance(text, str) or not text.strip():
         raise SfuError("the offer is empty or not text")
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SDP_BYTES:
@@ -50,6 +56,7 @@ def sanitize_offer(text: object) -> str:
     out: list[str] = []
     section_has_candidates = False
     section_has_end = False
+    section = -1
 
     def close_section() -> None:
         if section_has_candidates and not section_has_end:
@@ -61,11 +68,13 @@ def sanitize_offer(text: object) -> str:
         if line.startswith("m="):
             close_section()
             section_has_candidates = section_has_end = False
+            section += 1
         elif line.startswith("a=candidate:"):
-            parts = line.split()
-            if len(parts) >= 5 and parts[4].lower().endswith(".local"):
-                continue
             section_has_candidates = True
+            reason = budget.admit(str(section), line)
+            if reason is not None:
+                SFU_CANDIDATES_REFUSED.labels(reason=reason).inc()
+                continue
         elif line.startswith("a=end-of-candidates"):
             section_has_end = True
         out.append(line)

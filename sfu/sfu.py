@@ -9,6 +9,7 @@ from madoguchi.config import SfuConfig
 from madoguchi.logs import event
 
 from . import ice
+from .candidates import CandidatePolicy
 from .codecs import normalize
 from .interfaces import SfuError
 from .latency import LatencyProbe
@@ -27,6 +28,9 @@ def settings_from_config(config: SfuConfig) -> PeerSettings:
         max_video_bitrate=int(config.max_video_kbps) * 1000,
         transport_cc=bool(config.transport_cc),
         peer_timeout=float(config.peer_timeout_seconds),
+        candidate_policy=CandidatePolicy.from_config(config.allowed_candidate_networks,
+                                                     config.max_candidates_per_section),
+        udp_ports=(config.udp_port_min, config.udp_port_max) if config.udp_port_min else None,
     )
 
 

@@ -26,6 +26,7 @@ from signalling.httputil import BODY_TIMEOUT, ICE_SERVERS, MAX_BYTES, WEB_ROOT
 from signalling.hub import Hub
 from signalling.linktoken import SignallingTokens, load_secret
 from signalling.listener import GuardedSite
+from signalling.turn import IceServers
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Server:
         self.sms: Any = None
         self.recording: Any = None
         self.reviews: Any = None
+        # TURN credentials need the secret file: _build() replaces this when [turn] is on
+        self.ice_servers = IceServers(cfg.sfu.ice_servers, [], None, self.clock.now)
 
     # ------------------------------------------------------------------ build
     async def _build(self) -> None:
@@ -73,6 +76,10 @@ class Server:
         self.audit = AuditLog(cfg.audit_path, self.clock, cfg.audit.keep_days)
         self.sms = make_provider(cfg)
         self.sfu = LocalSfu(cfg.sfu)
+        if cfg.turn.enabled:
+            self.ice_servers = IceServers(cfg.sfu.ice_servers, cfg.turn_urls,
+                                          load_secret(cfg.turn_secret_path).hex(),
+                                          self.clock.now)
         secret_path = Path(cfg.links.secret_file) if cfg.links.secret_file \
             else cfg.secrets_dir / "jwt.key"
         tokens = SignallingTokens(load_secret(secret_path), cfg.links.signalling_token_seconds,
@@ -115,7 +122,7 @@ class Server:
         app[WEB_ROOT] = self.cfg.web_root
         app[MAX_BYTES] = self.cfg.server.max_message_bytes
         app[BODY_TIMEOUT] = self.cfg.server.body_timeout_seconds
-        app[ICE_SERVERS] = [{"urls": url} for url in self.cfg.sfu.ice_servers]
+        app[ICE_SERVERS] = self.ice_servers
         return app
 
     def citizen_app(self) -> web.Application:

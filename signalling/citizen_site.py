@@ -30,6 +30,7 @@ from signalling.httputil import (
     ws_object,
     ws_objects,
 )
+from signalling.store.interfaces import LIVE
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,9 @@ async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=4401, message=b"unauthorised")
         return ws
     cid = c.id
-    await ws.send_json({"type": "ready", "ice_servers": request.app[ICE_SERVERS],
-                        "recording": c.recording})
+    ice_servers = request.app[ICE_SERVERS].for_citizen(
+        c.times.get(LIVE), service.cfg.server.max_call_minutes * 60)
+    await ws.send_json({"type": "ready", "ice_servers": ice_servers, "recording": c.recording})
     event(log, "citizen_socket_open", consultation=cid, ward=c.ward)
     async with service.hub.citizen_subscription(cid) as queue:
         # Messages not yet acknowledged go again on every new socket (after subscribing,

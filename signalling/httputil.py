@@ -10,10 +10,12 @@ from typing import Any, NoReturn
 
 from aiohttp import WSMsgType, web
 
+from signalling.turn import IceServers
+
 # Typed application keys shared by both sites.
 WEB_ROOT = web.AppKey("web_root", Path)
 MAX_BYTES = web.AppKey("max_message_bytes", int)
-ICE_SERVERS = web.AppKey("ice_servers", list)
+ICE_SERVERS = web.AppKey("ice_servers", IceServers)
 BODY_TIMEOUT = web.AppKey("body_timeout_seconds", float)
 
 # Client JSON is never deep nor holds huge numbers; bounding both keeps the parser from

@@ -176,7 +176,9 @@ async def staff_socket(request: web.Request) -> web.WebSocketResponse:
     viewing: set[str] = set()
     reviews = SocketReviews(ws, request.app.get(REVIEWS), service, actor,
                             f"{actor.username}:{socket_id}")
-    await ws.send_json({"type": "ready", "ice_servers": request.app[ICE_SERVERS]})
+    session = request["principal"].session
+    await ws.send_json({"type": "ready",
+                        "ice_servers": request.app[ICE_SERVERS].for_staff(session.expires_at)})
     await _send_list(ws, service, actor)
     event(log, "staff_socket_open", staff=actor.username, ward=actor.ward)
     async with service.hub.staff_subscription() as queue:

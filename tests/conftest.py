@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures.media",
     "tests.fixtures.sfu",
     "tests.fixtures.production",
+    "tests.fixtures.coturn",
 ]

@@ -31,11 +31,11 @@ def test_file_then_environment(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text('[server]\ncitizen_port = 9000\n[sfu]\nhost_addresses = ["10.0.0.1"]\n')
     cfg = load_config(f, environ={"MADOGUCHI_SERVER_CITIZEN_PORT": "9100",
-                                  "MADOGUCHI_SFU_ICE_SERVERS": "stun:127.0.0.1:3478,turn:x",
+                                  "MADOGUCHI_SFU_ICE_SERVERS": "stun:127.0.0.1:3478,stun:127.0.0.2:3478",
                                   "MADOGUCHI_RECORDING_ENABLED": "false"})
     assert cfg.server.citizen_port == 9100
     assert cfg.sfu.host_addresses == ["10.0.0.1"]
-    assert cfg.sfu.ice_servers == ["stun:127.0.0.1:3478", "turn:x"]
+    assert cfg.sfu.ice_servers == ["stun:127.0.0.1:3478", "stun:127.0.0.2:3478"]
     assert cfg.recording.enabled is False
 
 

@@ -28,6 +28,7 @@ async def harness(tmp_path: Path):
     cfg = Config()
     cfg.server.data_dir = str(tmp_path)
     cfg.sfu.host_addresses = ["127.0.0.1"]
+    cfg.sfu.allowed_candidate_networks = ["127.0.0.1/32"]
     store = SqliteStore(tmp_path / "state.db", clock)
     sms = ConsoleProvider()
     sfu = LocalSfu(cfg.sfu)

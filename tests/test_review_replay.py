@@ -20,6 +20,7 @@ from recorder.datakey import data_key_id
 from recorder.reader import RecordedFrame, RecordingReader
 from recorder.recorder import Recorder
 from review.session import ReviewSession
+from sfu.candidates import CandidatePolicy
 from sfu.peer import PeerSettings
 from sfu.replay import Replay
 from tests.fixtures.media import EncodedClip, forwarded_packets
@@ -63,7 +64,9 @@ class Review:
         self.ended: list[str] = []
         self.clock = clock or ManualClock(1000.0)
         holder: dict[str, ReviewSession] = {}
-        self.replay = Replay("r1", CID, PeerSettings(host_addresses=["127.0.0.1"]), "VP8",
+        settings = PeerSettings(host_addresses=["127.0.0.1"],
+                                candidate_policy=CandidatePolicy.from_config(["127.0.0.1/32"]))
+        self.replay = Replay("r1", CID, settings, "VP8",
                              on_state=lambda s: holder["s"].peer_state(s),
                              on_keyframe_request=lambda r: holder["s"].keyframe_requested(r))
 

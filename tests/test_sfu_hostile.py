@@ -20,6 +20,7 @@ from aiortc.rtp import (
 )
 
 from madoguchi.bench.media import ClientPeer, Clip, citizen_client, staff_client
+from sfu.candidates import CandidatePolicy
 from sfu.interfaces import SfuError
 from sfu.peer import PeerSettings
 from sfu.sfu import LocalSfu
@@ -161,7 +162,8 @@ def vanish(client: ClientPeer) -> None:
 
 
 async def test_vanishing_peers_are_dropped_cleanly(vp8_clip: Clip) -> None:
-    settings = PeerSettings(host_addresses=["127.0.0.1"], peer_timeout=1.0)
+    settings = PeerSettings(host_addresses=["127.0.0.1"], peer_timeout=1.0,
+                            candidate_policy=CandidatePolicy.from_config(["127.0.0.1/32"]))
     sfu = LocalSfu(sfu_config(), settings=settings)
     room = sfu.room("vanish")
     events: list[tuple[str, dict]] = []

@@ -9,6 +9,7 @@ import pytest
 
 from madoguchi.bench.media import Clip, split_annexb
 from sfu import keyframe, sdp
+from sfu.candidates import CandidatePolicy, SectionBudget
 from sfu.floor import Floor
 from sfu.interfaces import SfuError
 from sfu.keyframerequest import KeyframeRequester
@@ -142,7 +143,8 @@ def test_offer_sanitising() -> None:
     offer = ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
              "a=candidate:1 1 udp 2122260223 abcd-1234.local 5000 typ host\r\n"
              "a=candidate:2 1 udp 2122260223 127.0.0.1 5001 typ host\r\n")
-    clean = sdp.sanitize_offer(offer)
+    loopback = SectionBudget(CandidatePolicy.from_config(["127.0.0.1/32"]))
+    clean = sdp.sanitize_offer(offer, loopback)
     assert ".local" not in clean and "127.0.0.1 5001" in clean
     assert clean.count("a=end-of-candidates") == 1
     for bad in ("", "   ", None, b"v=0", "v" * (sdp.MAX_SDP_BYTES + 1)):

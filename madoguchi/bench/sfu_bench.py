@@ -315,7 +315,8 @@ async def bench_cycles(cycles: int, codec: str) -> int:
 
     clip = load_clip(codec=codec, width=320, height=240, fps=30, seconds=4.0,
                      bitrate=300_000, gop_seconds=4.0)
-    sfu = LocalSfu(SfuConfig(host_addresses=["127.0.0.1"], ice_servers=[], video_codec=codec))
+    sfu = LocalSfu(SfuConfig(host_addresses=["127.0.0.1"], ice_servers=[], video_codec=codec,
+                             allowed_candidate_networks=["127.0.0.1/32"]))
 
     def snapshot() -> dict[str, int]:
         gc.collect()

@@ -28,7 +28,8 @@ class Server:
         self.mode = mode
         self.host = host
         self.probe = LatencyProbe()
-        self.sfu = LocalSfu(SfuConfig(host_addresses=[host], ice_servers=[]),
+        self.sfu = LocalSfu(SfuConfig(host_addresses=[host], ice_servers=[],
+                                      allowed_candidate_networks=[f"{host}/32"]),
                             latency_probe=self.probe) if mode in ("sfu", "record") else None
         self.naive: dict[str, NaiveRoom] = {}
         self.recorders = RoomRecorders() if mode == "record" else None  # bench/record.py
