@@ -20,6 +20,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                "recording cost per publisher->viewer pair"),
     "sfu": ("madoguchi.bench.sfu_bench",
             "SFU forwarding: CPU per pair vs the naive relay, loss, first frame, latency"),
+    "uplink": ("madoguchi.bench.uplink",
+               "Chromium citizen + viewer under a UDP cap: the phone's target bitrate"),
     "sfu-cycles": ("madoguchi.bench.sfu_bench:cycles_main",
                    "room open/close cycles (default 1,000): leaked tasks/threads/fds"),
 }
