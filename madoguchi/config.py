@@ -125,6 +125,7 @@ class RecordingConfig:
     enabled: bool = True
     dir: str = ""
     segment_seconds: float = 4.0
+    segment_max_seconds: float = 30.0
     kek_file: str = ""
     kek_env: str = "MADOGUCHI_KEK"
     queue_packets: int = 2000

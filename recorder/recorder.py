@@ -11,7 +11,10 @@ loop for the GIL on every batch, which cost more CPU than the work itself); ever
 can block (encryption, disk writes, fsync) runs on the recorder's writer thread. Without a
 running loop (tools) a processing thread drains the queue instead.
 
-Each segment starts on a video keyframe; a keyframe is requested shortly before a cut.
+Each segment starts on a video keyframe: the phone's own (natural) keyframes, the first
+one at least ``segment_seconds`` into a segment; only a segment that reaches
+``segment_max_seconds`` without one asks the phone for a keyframe (a forced keyframe costs
+the phone's uplink several frames' worth of bits, which a weak link cannot spare).
 Any failure (disk full, unwritable folder, ...) stops the recording with one log line, a
 metric and ``on_status("failed")``; it never raises into the SFU, and the call goes on.
 """
@@ -148,12 +151,14 @@ class Recorder:
         self._on_status = on_status
         self._max_queue = max(16, cfg.queue_packets)
         self._resume_level = self._max_queue // 2
-        self._segment_ms = max(200, round(cfg.segment_seconds * 1000))
-        # Ask for a keyframe this far into a segment and cut at the first one from there on.
-        # Batches lag real time by up to POLL_SECONDS, so ask that much earlier: segments
-        # then last segment_seconds minus 0.25..0.75 s plus the keyframe's round trip.
-        self._cut_ms = max(self._segment_ms // 2, self._segment_ms
-                           - min(250, self._segment_ms // 8) - round(POLL_SECONDS * 1000))
+        # Cut at the first natural keyframe this far into a segment.
+        self._cut_ms = max(200, round(cfg.segment_seconds * 1000))
+        # No natural keyframe by segment_max_seconds: ask for one a little earlier (batches
+        # lag real time by up to POLL_SECONDS), so the segment ends near that length.
+        max_ms = max(self._cut_ms, round(cfg.segment_max_seconds * 1000))
+        self._request_ms = max(self._cut_ms, max_ms - min(250, max_ms // 8)
+                               - round(POLL_SECONDS * 1000))
+        self._keyframe_queued = False  # a keyframe waits in the interleaving heap
         self._status = IDLE
         self._status_lock = threading.Lock()
         self._accepting = False
@@ -483,6 +488,8 @@ class Recorder:
     def _enqueue_frame(self, idx: int, frame: EncodedFrame, rate: int) -> None:
         pts = self._timeline.to_ms(frame.track, frame.timestamp, rate, frame.arrival,
                                    frame.ntp_time, frame.ssrc)
+        if idx == VIDEO and frame.keyframe:
+            self._keyframe_queued = True
         order = self._order = self._order + 1
         heap = self._heap
         heappush(heap, (pts, order, idx, frame))
@@ -501,13 +508,15 @@ class Recorder:
     def _maybe_request_keyframe(self) -> None:
         seg = self._seg
         now = self._newest
-        if seg is None:  # waiting for the first keyframe
+        if seg is None:  # waiting for the first keyframe (unless one is already queued)
+            if self._keyframe_queued:
+                return
             if self._waiting_request_at is None \
                     or now - self._waiting_request_at >= KEYFRAME_RETRY_MS:
                 self._waiting_request_at = now
                 self._keyframe_request()
             return
-        if now - seg.start >= self._cut_ms and (
+        if now - seg.start >= self._request_ms and (
                 seg.requested_at is None or now - seg.requested_at >= KEYFRAME_RETRY_MS):
             seg.requested_at = now
             self._keyframe_request()

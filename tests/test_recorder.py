@@ -25,7 +25,7 @@ from recorder.segment import open_segment
 from recorder.timeline import Timeline
 from recorder.verify import verify_recording
 from sfu.interfaces import ForwardedPacket
-from tests.fixtures.media import EncodedClip, forwarded_packets
+from tests.fixtures.media import EncodedClip, encode_clip, forwarded_packets
 
 CID = "c-0001"
 
@@ -137,8 +137,8 @@ async def test_recording_holds_the_published_media(clip_name: str, tmp_path: Pat
     # one timeline: the last video frame sits where the clip says it does
     video_span = (last["citizen-video"] + 1000 / clip.fps) / 1000
     assert abs(video_span - clip.duration) < 0.5
-    # a keyframe was requested before every cut
-    assert len(requests) >= 4
+    # every cut is at one of the clip's own keyframes: nothing was asked of the phone
+    assert requests == []
     report = verify_recording(tmp_path, CID, key)
     assert report.ok, report.problems
     assert report.segments == 4
@@ -157,6 +157,26 @@ async def test_segments_cut_near_the_configured_length(rec_vp8_clip: EncodedClip
     assert all(3.4 <= d <= 4.6 for d in durations[:-1]), durations
     firsts = [s.first_pts for s in manifest.segments]
     assert firsts == sorted(firsts) and len(set(firsts)) == len(firsts)
+
+
+async def test_segment_without_natural_keyframe_asks_near_the_longest(tmp_path: Path) -> None:
+    """Cuts wait for the phone's own keyframes; only a segment that reaches
+    segment_max_seconds without one asks for a keyframe (and not before)."""
+    clip = encode_clip("VP8", seconds=5.0, gop=1000, size=(160, 120))  # one keyframe
+    key = os.urandom(32)
+    asked_at: list[int] = []
+    rec = Recorder(CID, key, data_key_id(key),
+                   RecordingConfig(segment_seconds=1.0, segment_max_seconds=3.0), tmp_path,
+                   request_keyframe=lambda: asked_at.append(rec.stats.video_frames))
+    rec.start()
+    for p in forwarded_packets(clip):
+        rec.on_packet(p)
+    await rec.close()
+    assert asked_at, "no keyframe asked for at the longest segment length"
+    # asked ~0.75 s before 3 s of media (frames are released 0.3 s late): not at 1 s
+    assert min(asked_at) >= 1.5 * clip.fps, asked_at
+    manifest = read_manifest(tmp_path / CID, key, key_id=data_key_id(key), consultation_id=CID)
+    assert manifest is not None and len(manifest.segments) == 1  # no keyframe came
 
 
 async def test_full_queue_drops_to_the_next_keyframe(rec_vp8_clip: EncodedClip,
