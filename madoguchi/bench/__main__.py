@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
             "SFU forwarding: CPU per pair vs the naive relay, loss, first frame, latency"),
     "uplink": ("madoguchi.bench.uplink",
                "Chromium citizen + viewer under a UDP cap: the phone's target bitrate"),
+    "field": ("madoguchi.bench.field",
+              "browser call under loss, a 125 kB/s cap, UDP blocked and a path cut"),
     "sfu-cycles": ("madoguchi.bench.sfu_bench:cycles_main",
                    "room open/close cycles (default 1,000): leaked tasks/threads/fds"),
 }
