@@ -38,6 +38,9 @@ SUBSCRIBER_RTT = Histogram("madoguchi_sfu_rtt_seconds", "Round-trip time from RT
                            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1))
 SFU_ERRORS = Counter("madoguchi_sfu_errors_total", "Refused or failed SFU operations",
                      ["reason"])
+SFU_RECEIVE_DROPPED = Counter(
+    "madoguchi_sfu_receive_dropped_total",
+    "Datagrams dropped because the SFU's receive queue was full (overload)")
 SFU_CANDIDATES_REFUSED = Counter(
     "madoguchi_sfu_candidates_refused_total",
     "Remote ICE candidates the SFU did not use (reason: address, cap, transport, hostname, "

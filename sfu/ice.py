@@ -39,6 +39,8 @@ from typing import Any
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
+from madoguchi.metrics import SFU_RECEIVE_DROPPED
+
 log = logging.getLogger(__name__)
 
 # aioice private methods wrapped per connection (checked by tests/test_sfu_hooks.py)
@@ -182,22 +184,33 @@ def tune_sockets(connection: aioice.ice.Connection, rcvbuf: int) -> int:
     return count
 
 
+RECEIVE_QUEUE_MAX = 500  # datagrams waiting for decryption (~2.5 s of a 1.5 Mbit/s call)
+
+
 class ArrivalStamps:
-    """Arrival time (``time.monotonic()``) of each datagram at the media socket.
+    """Arrival time (``time.monotonic()``) of each datagram at the media socket, and the
+    bound on what waits to be decrypted.
 
     aioice queues datagrams between the socket callback and the DTLS task that decrypts
     them; on a busy loop that hop is where delay builds up. We stamp each datagram in
     aioice's ``Connection.data_received`` (socket callback) and pop the stamp when the
     DTLS task takes the datagram through ``RTCIceTransport._recv`` (FIFO, one stamp per
     datagram), so :attr:`current` is the socket arrival time of the datagram being handled.
+
+    aioice's queue has no bound: under overload it would grow (and delay every later
+    packet) without limit. With ``limit`` datagrams already waiting, a new one is dropped
+    and counted (``madoguchi_sfu_receive_dropped_total``), like a full socket buffer;
+    NACK/RTX and the phone's congestion control treat it as loss.
     """
 
-    __slots__ = ("_stamps", "current", "last")
+    __slots__ = ("_stamps", "current", "last", "limit", "dropped")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = RECEIVE_QUEUE_MAX) -> None:
         self._stamps: deque[float] = deque()
         self.current = time.monotonic()
         self.last = self.current  # newest datagram of any kind (peer liveness)
+        self.limit = limit
+        self.dropped = 0
 
     def attach(self, ice_transport: Any) -> None:
         """Wrap one RTCIceTransport (before its DTLS transport starts reading)."""
@@ -209,8 +222,12 @@ class ArrivalStamps:
 
         def data_received(data: bytes, component: int) -> None:
             t = perf()
-            stamps.append(t)
             self.last = t
+            if len(stamps) >= self.limit:
+                self.dropped += 1
+                SFU_RECEIVE_DROPPED.inc()
+                return
+            stamps.append(t)
             original_received(data, component)
 
         async def recv() -> bytes:

@@ -1,7 +1,7 @@
 """Congestion control toward the citizen's phone: transport-cc feedback built from known
 arrival patterns (byte for byte and field by field), receiver reports that count
-retransmission-recovered packets as lost, coalesced keyframe requests, and the answer's
-transport-cc / Opus FEC lines."""
+retransmission-recovered packets as lost, coalesced keyframe requests, the answer's
+transport-cc / Opus FEC lines, and the bounded receive queue."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import asyncio
 import re
 import struct
 
+from madoguchi import metrics
 from madoguchi.bench.media import Clip, citizen_client
-from sfu import twcc
+from sfu import ice, twcc
 from sfu.keyframerequest import KeyframeRequester
 from sfu.rtcpstats import ReceiveStats
 from sfu.sfu import LocalSfu
@@ -229,3 +230,35 @@ async def test_no_transport_cc_without_the_offer(sfu: LocalSfu, vp8_clip: Clip) 
         assert twcc.URI not in (citizen.pc.remoteDescription.sdp or "")
     finally:
         await citizen.close()
+
+
+async def test_receive_queue_is_bounded_and_drops_are_counted() -> None:
+    """Datagrams beyond the bound are dropped and counted, never queued without limit;
+    once the DTLS task catches up, datagrams are accepted again."""
+    queued: list[bytes] = []
+
+    class Connection:
+        def data_received(self, data: bytes, component: int) -> None:
+            queued.append(data)
+
+        def request_received(self, message: object, addr: object, protocol: object) -> None:
+            pass
+
+    class IceTransport:
+        _connection = Connection()
+
+        async def _recv(self) -> bytes:
+            return queued.pop(0)
+
+    before = metrics.SFU_RECEIVE_DROPPED._value.get()
+    stamps = ice.ArrivalStamps(limit=50)
+    transport = IceTransport()
+    stamps.attach(transport)
+    for i in range(80):
+        transport._connection.data_received(bytes([i]), 1)
+    assert len(queued) == 50 and stamps.dropped == 30
+    assert metrics.SFU_RECEIVE_DROPPED._value.get() - before == 30
+    for _ in range(10):
+        await transport._recv()
+    transport._connection.data_received(b"late", 1)
+    assert len(queued) == 41 and queued[-1] == b"late" and stamps.dropped == 30
