@@ -3,7 +3,7 @@
 1. the wrapped data key (crypto-shredding: any copy of a segment is now unreadable),
 2. the recording folder ``<recording_dir>/<id>/`` (segments, manifest, temporary files),
 3. the store record (phone number, link hash, call times),
-4. a non-personal deletion receipt.
+4. a non-personal deletion receipt (audit pseudonym, day, on time or not).
 
 Each step is idempotent and journalled, so a run killed anywhere is finished, receipt
 included, by the next one (``finish_pending``).
@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 
 class Deleter:
     def __init__(self, store: Store, folder: RecordingFolder, journal: Journal,
-                 receipts: Receipts, clock: Clock) -> None:
+                 receipts: Receipts, clock: Clock, grace: float = 0.0) -> None:
+        """``grace``: how long after its deadline a deletion still counts as on time (the
+        promise is 24 h after the retention start; the deadline may come earlier)."""
         self.store = store
+        self.grace = grace
         self.folder = folder
         self.journal = journal
         self.receipts = receipts
@@ -60,9 +63,11 @@ class Deleter:
                      deadline: float = 0.0) -> bool:
         """Delete everything of ``cid``; False if its folder could not be deleted."""
         c = await self.store.get_consultation(cid)
+        pseudonym = ""
         if c is not None:
-            ward, deadline = c.ward, c.deadline
-        self.journal.begin(cid, ward, deadline, reason)
+            ward, deadline, pseudonym = c.ward, c.deadline, c.pseudonym
+        on_time = self.clock.now() <= deadline + self.grace
+        self.journal.begin(cid, ward, on_time, reason, pseudonym)
         try:
             key, files, record = await self._steps(cid)
         except OSError as exc:
@@ -71,7 +76,7 @@ class Deleter:
                   error=type(exc).__name__, errno=exc.errno)
             return False
         self._count(reason, key, files, record)
-        await self.receipts.write(consultation=cid, ward=ward, deadline=deadline,
+        await self.receipts.write(pseudonym=pseudonym, ward=ward, on_time=on_time,
                                   deleted_at=self.clock.now(), reason=reason, data_key=key,
                                   files=files, record=record)
         self.journal.done(cid)
@@ -90,7 +95,7 @@ class Deleter:
                 continue
             self._count(p.reason, key, files, record)
             await self.receipts.write(
-                consultation=p.consultation_id, ward=p.ward, deadline=p.deadline,
+                pseudonym=p.pseudonym, ward=p.ward, on_time=p.on_time,
                 deleted_at=self.clock.now(), reason=p.reason,
                 data_key=min(1, key + p.counts.get("data_key", 0)),
                 files=files + p.counts.get("files", 0),

@@ -2,8 +2,8 @@
 receipt, by the next run.
 
 JSON lines appended with one ``write`` each (a SIGKILL leaves whole lines): ``begin``
-(consultation id, ward, deadline, reason), ``step`` (what was deleted so far), ``done``
-(receipt written). It holds no personal data. A run first finishes every consultation
+(consultation id, audit pseudonym, ward, on time or not, reason), ``step`` (what was
+deleted so far), ``done`` (receipt written). It holds no personal data and no time. A run first finishes every consultation
 begun and not done, then truncates the journal. Losing the file (power loss) loses
 nothing but receipts of the interrupted deletions: the data themselves are found again
 by deadline.
@@ -24,8 +24,9 @@ class Pending:
 
     consultation_id: str
     ward: str
-    deadline: float
+    on_time: bool
     reason: str
+    pseudonym: str = ""
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -43,9 +44,10 @@ class Journal:
     def _append(self, record: dict[str, Any]) -> None:
         os.write(self._open(), (json.dumps(record, separators=(",", ":")) + "\n").encode())
 
-    def begin(self, cid: str, ward: str, deadline: float, reason: str) -> None:
-        self._append({"op": "begin", "id": cid, "ward": ward, "deadline": deadline,
-                      "reason": reason})
+    def begin(self, cid: str, ward: str, on_time: bool, reason: str,
+              pseudonym: str = "") -> None:
+        self._append({"op": "begin", "id": cid, "ward": ward, "on_time": on_time,
+                      "reason": reason, "pseudonym": pseudonym})
 
     def step(self, cid: str, **counts: int) -> None:
         self._append({"op": "step", "id": cid, **counts})
@@ -68,8 +70,9 @@ class Journal:
                 continue  # a torn line
             if op == "begin":
                 found[cid] = Pending(cid, str(rec.get("ward", "")),
-                                     float(rec.get("deadline", 0.0)),
-                                     str(rec.get("reason", "deadline")))
+                                     bool(rec.get("on_time", True)),
+                                     str(rec.get("reason", "deadline")),
+                                     str(rec.get("pseudonym", "")))
             elif op == "step" and cid in found:
                 for key, value in rec.items():
                     if key not in ("op", "id") and isinstance(value, int):

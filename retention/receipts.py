@@ -1,7 +1,9 @@
 """Deletion receipts: non-personal proof that a consultation's data were deleted.
 
-A receipt holds the consultation id, ward, deadline, deletion time, the reason and what
-was deleted (data key, number of recording files, store record). It goes to the audit
+A receipt holds the consultation's audit pseudonym (never its id), the ward, the day of
+deletion, whether it was on time (within 24 h of the retention start), the reason and
+what was deleted (data key, number of recording files, store record): no deadline and no
+deletion instant, which would give the call's end. It goes to the audit
 log (any object with ``write(action, **fields)``, sync or async, such as
 signalling.audit.AuditLog) or, without one, to the structured log.
 """
@@ -9,6 +11,7 @@ signalling.audit.AuditLog) or, without one, to the structured log.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import inspect
 import logging
 from typing import Any, Protocol
@@ -28,12 +31,13 @@ class Receipts:
     def __init__(self, audit: AuditWriter | None = None) -> None:
         self.audit = audit
 
-    async def write(self, *, consultation: str, ward: str, deadline: float, deleted_at: float,
+    async def write(self, *, pseudonym: str, ward: str, on_time: bool, deleted_at: float,
                     reason: str, data_key: int, files: int, record: int,
                     recovered: bool = False) -> None:
         fields: dict[str, Any] = {
-            "consultation": consultation, "ward": ward, "deadline": round(deadline, 3),
-            "deleted_at": round(deleted_at, 3), "reason": reason, "data_key": data_key,
+            "pseudonym": pseudonym, "ward": ward,
+            "date": dt.datetime.fromtimestamp(deleted_at, dt.UTC).date().isoformat(),
+            "on_time": on_time, "reason": reason, "data_key": data_key,
             "files": files, "record": record,
         }
         if recovered:

@@ -2,6 +2,11 @@
 PC certificate, which consultation, what). It holds no citizen data: fields that look
 like a phone number or a link token are stripped before anything is written.
 
+A consultation is named by its ``pseudonym`` (random, kept only in its store record),
+never by its id, and an entry that names one is dated to the day only: once retention
+deleted the record, nothing links the entries to the call or gives its times (the call
+record is personal data, deleted within 24 h; who did what on which day stays).
+
 Writers in several processes (the server, ``madoguchi staff``/``certs``) share the file
 through an ``flock`` on ``<path>.lock``; ``prune()`` rewrites the file under the same lock.
 """
@@ -47,6 +52,8 @@ FORBIDDEN_KEYS = frozenset({
     "phone", "phone_number", "phone_e164", "phone_enc", "msisdn", "tel", "to",
     "token", "link_token", "signalling_token", "device", "device_token", "cookie",
     "session_cookie", "password", "new_password", "old_password", "sdp", "csrf_token",
+    # the consultation id links to the call record: entries carry the pseudonym instead
+    "consultation", "consultation_id", "deadline", "deleted_at",
 })
 # A Japanese or international phone number written any usual way, not inside a longer
 # word or hex string (certificate serials and fingerprints are hex).
@@ -57,7 +64,8 @@ LINK_TOKEN_RE = re.compile(r"/c/[A-Za-z0-9_\-]{8,}|(?<![A-Za-z0-9_\-])[A-Za-z0-9
                            r"(?![A-Za-z0-9_\-])")
 # Fields whose values are ours (ids, hex) and are not scanned for tokens.
 TRUSTED_KEYS = frozenset({"time", "ts", "action", "cert_serial", "cert_fingerprint",
-                          "consultation", "result"})
+                          "pseudonym", "result"})
+DAY = 86400
 REDACTED = "[redacted]"
 
 
@@ -92,8 +100,6 @@ def _clean(key: str, value: Any) -> tuple[Any, bool]:
         return REDACTED, True
     if key not in TRUSTED_KEYS and LINK_TOKEN_RE.search(text):
         return REDACTED, True
-    if key == "consultation" and (PHONE_RE.search(text) or "/c/" in text):
-        return REDACTED, True
     return text[:500], False
 
 
@@ -127,6 +133,10 @@ class AuditLog:
             "ts": round(now, 3),
             "action": str(action)[:64],
         }
+        if "pseudonym" in fields:  # about a consultation: the day only, not the call's time
+            day = now - now % DAY
+            out["time"] = dt.datetime.fromtimestamp(day, dt.UTC).date().isoformat()
+            out["ts"] = day
         redacted: list[str] = []
         for key, value in fields.items():
             if key in ("time", "ts", "action"):

@@ -29,13 +29,13 @@ def test_entries_are_json_lines_with_time_and_fields(log: AuditLog, clock: Manua
     log.write("login_ok", staff="tanaka", ward="灘区", cert_serial="7bfb0816abeef731")
     clock.advance(5)
     log.write("consultation_created", staff="tanaka", ward="灘区",
-              cert_serial="7bfb0816abeef731", consultation="3f2a9c01d4e5b6a7")
+              cert_serial="7bfb0816abeef731", pseudonym="3f2a9c01d4e5b6a7")
     lines = log.path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2
     first, second = (json.loads(x) for x in lines)
     assert first["action"] == "login_ok" and first["ward"] == "灘区"
     assert first["time"].endswith("Z") and first["ts"] == clock.now() - 5
-    assert second["consultation"] == "3f2a9c01d4e5b6a7"
+    assert second["pseudonym"] == "3f2a9c01d4e5b6a7"
     assert second["cert_serial"] == "7bfb0816abeef731"
     assert "redacted" not in first and "redacted" not in second
     assert stat.S_IMODE(os.stat(log.path).st_mode) == 0o600
@@ -66,7 +66,7 @@ def test_our_ids_are_not_mistaken_for_personal_data(log: AuditLog) -> None:
     fields = {
         "cert_serial": "1234567890abcdef1234567890abcdef12345678",
         "cert_fingerprint": "0123456789" * 6 + "abcd",
-        "consultation": "0123456789abcdef",
+        "pseudonym": "0123456789abcdef",
         "staff": "tanaka.hanako@city", "ward": "垂水区", "result": "wrong_password",
         "url_host": "www.city.kobe.lg.jp", "count": 3,
     }
@@ -74,6 +74,23 @@ def test_our_ids_are_not_mistaken_for_personal_data(log: AuditLog) -> None:
     assert "redacted" not in rec
     for k, v in fields.items():
         assert rec[k] == v
+
+
+def test_consultation_entries_carry_no_id_and_only_the_day(log: AuditLog,
+                                                            clock: ManualClock) -> None:
+    """The call record (id, start, end) must not outlive the consultation in the audit
+    log: entries about a consultation name its pseudonym and the day, never the id, the
+    instant, a deadline or a deletion time."""
+    clock.set(1_800_000_000.0 + 37_000.25)  # 2027-01-15T18:16:40.25Z
+    rec = log.write("open_viewer", staff="tanaka", ward="灘区", pseudonym="9a8b7c6d5e4f3a2b",
+                    consultation="3f2a9c01d4e5b6a7", deadline=1_800_086_400.0,
+                    deleted_at=1_800_037_000.0)
+    assert "consultation" not in rec and "deadline" not in rec and "deleted_at" not in rec
+    text = log.path.read_text(encoding="utf-8")
+    entry = json.loads(text)
+    assert entry["time"] == "2027-01-15" and entry["ts"] % 86400 == 0
+    for needle in ("3f2a9c01d4e5b6a7", "18:16", "1800037", "1800086"):
+        assert needle not in text, needle
 
 
 def test_phone_pattern() -> None:

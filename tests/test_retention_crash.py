@@ -147,7 +147,9 @@ def test_sigkill_at_random_points_then_complete(tmp_path: Path) -> None:
     # every deleted consultation has a receipt; duplicates only from a kill between the
     # receipt and its journal line (at most one per kill)
     receipts = [json.loads(line) for line in cfg.audit_path.read_text().splitlines()]
-    receipted = [r["consultation"] for r in receipts if r["action"] == "retention_deleted"]
+    # receipts name the audit pseudonym (the fixture's is ps-<id>), never the id
+    receipted = [r["pseudonym"].removeprefix("ps-") for r in receipts
+                 if r["action"] == "retention_deleted"]
     assert set(receipted) == all_due
     assert len(receipted) - len(set(receipted)) <= len(kills)
     assert all(r["record"] == 1 and r["data_key"] == 1 for r in receipts

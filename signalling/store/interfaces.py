@@ -36,6 +36,8 @@ class Consultation:
 
     Personal fields: ``phone_enc`` (E.164, encrypted at rest), ``phone_masked``,
     the call times in ``times``; the whole record is deleted at ``deadline``.
+    ``pseudonym`` names the consultation in the audit log: random, stored only here, so
+    once the record is gone nothing links audit entries to the id or the call times.
     """
 
     id: str
@@ -58,6 +60,7 @@ class Consultation:
     recording_status: str = "off"  # off, recording, stopped, failed
     video_codec: str = ""
     node: str = ""
+    pseudonym: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
