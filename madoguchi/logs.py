@@ -2,13 +2,24 @@
 
 Never pass personal data (phone numbers, link tokens, SDP, IP addresses of citizens) as
 a field: log the consultation id and the event name instead.
+
+A ``consultation`` field is written as a pseudonym (``L`` + 12 hex), an HMAC of the id
+under a key that lives in this process's memory only and is replaced every hour: lines
+of one consultation link to each other within the hour (enough to follow a failure),
+and no one can link them to the id, to the store or to the audit log, ever. Never log a
+call's duration or times next to it. Keep the logs themselves under 24 h (README,
+"Logs").
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import sys
+import threading
 import time
 from typing import Any
 
@@ -61,6 +72,24 @@ def setup_logging(fmt: str = "json", level: str = "INFO", stream: Any = None) ->
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+PSEUDONYM_PERIOD_SECONDS = 3600
+_key_lock = threading.Lock()
+_key: tuple[int, bytes] = (-1, b"")
+
+
+def log_pseudonym(consultation_id: str) -> str:
+    """The consultation's name in log lines this hour ("" stays "")."""
+    global _key
+    if not consultation_id:
+        return ""
+    epoch = int(time.time() // PSEUDONYM_PERIOD_SECONDS)
+    with _key_lock:
+        if _key[0] != epoch:  # the old key is dropped: nothing can recompute its names
+            _key = (epoch, secrets.token_bytes(32))
+        key = _key[1]
+    return "L" + hmac.new(key, str(consultation_id).encode(), hashlib.sha256).hexdigest()[:12]
+
+
 def event(logger: logging.Logger, name: str, /, level: int = logging.INFO,
           **fields: Any) -> None:
     """Log one event with structured fields (ids only, never personal data).
@@ -70,5 +99,7 @@ def event(logger: logging.Logger, name: str, /, level: int = logging.INFO,
     with a trailing underscore instead of raising inside the caller.
     """
     exc_info = fields.pop("exc_info", None)
+    if "consultation" in fields:
+        fields["consultation"] = log_pseudonym(str(fields["consultation"] or ""))
     extra = {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}
     logger.log(level, name, exc_info=exc_info, extra=extra)

@@ -661,8 +661,7 @@ class Recorder:
             self._status = STOPPED
         metrics.RECORDING_ACTIVE.dec()
         event(log, "recording_stopped", consultation=self.consultation_id,
-              segments=len(self._manifest.segments),
-              seconds=round(self._manifest.duration, 1), dropped=self.stats.dropped)
+              segments=len(self._manifest.segments), dropped=self.stats.dropped)
         self._notify(STOPPED)
 
     def _write_failed_state(self) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import pytest
 
-from madoguchi.logs import JsonFormatter, TextFormatter, event, setup_logging
+from madoguchi.logs import JsonFormatter, TextFormatter, event, log_pseudonym, setup_logging
 
 PHONE = "090-1234-5678"
 
@@ -40,6 +40,17 @@ def lines(stream: io.StringIO) -> list[dict]:
     return out
 
 
+def test_log_pseudonyms_change_with_the_hour_and_cannot_be_recomputed(monkeypatch) -> None:
+    """A new key every hour, in memory only: last hour's names match nothing now."""
+    from madoguchi import logs
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(logs.time, "time", lambda: now[0])
+    a = log_pseudonym("0123456789abcdef")
+    assert a == log_pseudonym("0123456789abcdef") != log_pseudonym("fedcba9876543210")
+    now[0] += 3600
+    assert log_pseudonym("0123456789abcdef") != a
+
+
 def test_each_event_is_one_json_line_with_fields(json_log) -> None:
     logger, stream = json_log
     event(logger, "consultation_created", consultation="c-1", ward="north", staff="sato")
@@ -47,7 +58,11 @@ def test_each_event_is_one_json_line_with_fields(json_log) -> None:
           packets=12, loss=0.01)
     first, second = lines(stream)
     assert first["event"] == "consultation_created" and first["level"] == "info"
-    assert (first["consultation"], first["ward"], first["staff"]) == ("c-1", "north", "sato")
+    # the id is written as this hour's pseudonym: same id, same name; never the id
+    assert (first["consultation"], first["ward"], first["staff"]) == (
+        log_pseudonym("c-1"), "north", "sato")
+    assert second["consultation"] == first["consultation"] != "c-1"
+    assert re.fullmatch(r"L[0-9a-f]{12}", first["consultation"])
     assert first["logger"] == "madoguchi.test_logs.json"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
     datetime.fromisoformat(first["time"].replace("Z", "+00:00"))
@@ -118,7 +133,7 @@ def test_setup_logging_replaces_its_handler_and_quiets_noisy_loggers() -> None:
         event(logging.getLogger("madoguchi.test_logs"), "hello", consultation="c-4")
         logging.getLogger("aiohttp.access").info("GET /c/secret-token-value HTTP/1.1")
         assert first.getvalue() == ""
-        assert "hello" in second.getvalue() and "consultation=c-4" in second.getvalue()
+        assert "hello" in second.getvalue() and f"consultation={log_pseudonym('c-4')}" in second.getvalue()
         assert "secret-token-value" not in second.getvalue()
     finally:
         for h in [h for h in root.handlers if getattr(h, "_madoguchi", False)]:
