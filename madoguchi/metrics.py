@@ -67,6 +67,14 @@ RECORDING_ACTIVE = Gauge("madoguchi_recording_active", "Consultations being reco
 RETENTION_OLDEST_AGE = Gauge(
     "madoguchi_retention_oldest_personal_datum_age_seconds",
     "Age of the oldest personal datum still stored (0 when none)")
+PERSONAL_DATA_OLDEST_AGE = Gauge(
+    "madoguchi_personal_data_oldest_age_seconds",
+    "Age of the oldest copy of any personal datum (store, data keys, recording folder, "
+    "retention journal), measured from the call's end; must stay below 24 h")
+STORE_COMPACTION_FAILURES = Counter(
+    "madoguchi_store_compaction_failures_total",
+    "Retention runs after which the SQLite write-ahead log could not be truncated "
+    "(deleted rows may remain in it)")
 RETENTION_OVERDUE = Gauge("madoguchi_retention_overdue",
                           "Personal data items past their deletion deadline")
 RETENTION_DELETIONS = Counter("madoguchi_retention_deletions_total",

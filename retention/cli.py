@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from madoguchi.cli import add_config_option, config_from_args
-from madoguchi.clock import Clock, SystemClock
+from madoguchi.clock import Clock, default_clock
 from madoguchi.config import Config, ConfigError
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from madoguchi.logs import setup_logging
     setup_logging(cfg.log.format, cfg.log.level)
-    return asyncio.run(run(cfg, SystemClock(), once=bool(args.once)))
+    return asyncio.run(run(cfg, default_clock(), once=bool(args.once)))
 
 
 async def run(cfg: Config, clock: Clock, once: bool = False, audit: Any = None) -> int:
@@ -99,7 +99,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     try:
-        figures = asyncio.run(status(cfg, SystemClock()))
+        figures = asyncio.run(status(cfg, default_clock()))
     except RuntimeError as exc:
         print(f"madoguchi retention: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,14 @@ Each run, under the store's ``retention`` lock (so two daemons never race):
 2. delete every consultation whose deadline has passed, oldest first, in batches,
 3. sweep (see sweep.py), 4. compact the store, 5. publish figures and one log line.
 
-The first run happens at once when ``run_forever`` starts (catch-up after downtime).
+Whatever happened to the store part (down, lock held elsewhere, error), the run ends with
+the age sweep of the recording folder, which needs no store: a store that is down cannot
+keep an old recording alive.
+
+The first run happens at once when ``run_forever`` starts (catch-up after downtime); the
+next one at the next deadline or after ``interval_seconds``, whichever comes first, so a
+deletion is not an interval late. ``first_run`` is set once the first run finished (the
+server ends calls a crash interrupted only after it, see signalling/app.py).
 Inside ``madoguchi serve``::
 
     daemon = RetentionDaemon(store, cfg, clock, audit=audit_log)
@@ -27,6 +34,7 @@ from madoguchi import metrics
 from madoguchi.clock import Clock
 from madoguchi.config import Config
 from madoguchi.logs import event
+from retention.deadline import on_time_grace
 from retention.deleter import Deleter
 from retention.folder import RecordingFolder
 from retention.journal import Journal
@@ -38,7 +46,7 @@ from retention.status import (
     measure,
     save_history,
 )
-from retention.sweep import sweep
+from retention.sweep import sweep, sweep_stale
 from signalling.store.interfaces import Lock, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -81,6 +89,7 @@ class RetentionDaemon:
         self.lock_ttl = max(60.0, 3 * self.interval)
         self.runs = 0  # completed runs, skipped or not (tests wait on it)
         self.last_report: RunReport | None = None
+        self.first_run = asyncio.Event()
         self._stop: asyncio.Event | None = None
 
     async def run_once(self) -> RunReport:
@@ -88,32 +97,50 @@ class RetentionDaemon:
         started = time.monotonic()
         now = self.clock.now()
         report = RunReport(started_at=now)
+        deleter = Deleter(self.store, self.folder, self.journal, self.receipts, self.clock,
+                          grace=on_time_grace(self.cfg))
         try:
             lock = await self.store.try_lock(LOCK_NAME, self.lock_ttl)
         except StoreError as exc:
+            await self._sweep_stale(deleter, now, report)
+            self._count(report, deleter)
             return self._finish(report, started, error=str(exc))
         if lock is None:
             report.skipped = True
             event(log, "retention_skipped", reason="lock_held_elsewhere")
+            await self._sweep_stale(deleter, now, report)
+            self._count(report, deleter)
             return self._finish(report, started)
-        deleter = Deleter(self.store, self.folder, self.journal, self.receipts, self.clock)
         try:
             await self._run(deleter, lock, now, started, report)
         except (StoreError, LockLost, Stopped, OSError) as exc:
             report.error = str(exc) if not isinstance(exc, OSError) else type(exc).__name__
+            await self._sweep_stale(deleter, now, report)
         finally:
             self.journal.close()
             try:
                 await lock.release()
             except StoreError:
                 pass
+        self._count(report, deleter)
+        return self._finish(report, started)
+
+    @staticmethod
+    async def _sweep_stale(deleter: Deleter, now: float, report: RunReport) -> None:
+        """The age sweep on its own, when the store part could not run (or failed)."""
+        try:
+            await sweep_stale(deleter, now)
+        except OSError as exc:  # the folder itself unreadable
+            report.error = report.error or type(exc).__name__
+
+    @staticmethod
+    def _count(report: RunReport, deleter: Deleter) -> None:
         report.deletions = {k: deleter.counts.get(k, 0) for k in DELETION_KINDS}
         report.failures = deleter.failures
         report.recovered = deleter.recovered
         for kind, n in report.deletions.items():
             if n:
                 metrics.RETENTION_DELETIONS.labels(kind=kind).inc(n)
-        return self._finish(report, started)
 
     async def _run(self, deleter: Deleter, lock: Lock, now: float, started: float,
                    report: RunReport) -> None:
@@ -155,12 +182,14 @@ class RetentionDaemon:
             report.error = error
         self.runs += 1
         self.last_report = report
+        self.first_run.set()
         if report.skipped:
             return report
         metrics.RETENTION_RUN_DURATION.observe(report.duration_seconds)
         status = report.status
         if status is not None:
             metrics.RETENTION_OLDEST_AGE.set(status.oldest_personal_datum_age_seconds)
+            metrics.PERSONAL_DATA_OLDEST_AGE.set(status.oldest_copy_age_seconds)
             metrics.RETENTION_OVERDUE.set(status.overdue)
         if report.ok:
             metrics.RETENTION_LAST_SUCCESS.set(report.started_at)
@@ -183,12 +212,21 @@ class RetentionDaemon:
         event(log, "retention_started", interval_seconds=self.interval)
         self._stop = stop
         while not stop.is_set():
+            wait = self.interval
             try:
-                await self.run_once()
+                report = await self.run_once()
+                wait = self._until_next_deadline(report)
             except Exception as exc:  # a bug must not end deletion for good: retry next time
                 event(log, "retention_run_crashed", logging.ERROR, error=type(exc).__name__)
             try:
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                await asyncio.wait_for(stop.wait(), timeout=wait)
             except TimeoutError:
                 pass
         event(log, "retention_stopped")
+
+    def _until_next_deadline(self, report: RunReport) -> float:
+        """Seconds to the next deadline still ahead (capped by the interval)."""
+        nxt = report.status.next_deadline if report.status is not None else None
+        if nxt is None:
+            return self.interval
+        return min(self.interval, max(0.01, nxt - self.clock.now() + 0.01))

@@ -22,11 +22,20 @@ HOUR = 3600.0
 # The promise: nothing personal survives 24 h after the call (or after creation for a
 # consultation that never connected).
 MAX_RETENTION_SECONDS = 24 * HOUR
-NEVER_CONNECTED_MAX_SECONDS = 24 * HOUR
+# A deadline comes this much before the 24 h at the latest, so the run that deletes
+# (woken at the deadline, see daemon.py) has finished within the promise.
+RUN_MARGIN_SECONDS = 600.0
+NEVER_CONNECTED_MAX_SECONDS = MAX_RETENTION_SECONDS - RUN_MARGIN_SECONDS
 
 
 def period_seconds(cfg: Config) -> float:
-    return min(cfg.retention.period_hours * HOUR, MAX_RETENTION_SECONDS)
+    """The effective period: ``period_hours``, at most 24 h less the run margin."""
+    return min(cfg.retention.period_hours * HOUR, MAX_RETENTION_SECONDS - RUN_MARGIN_SECONDS)
+
+
+def on_time_grace(cfg: Config) -> float:
+    """How long after its deadline a deletion still keeps the 24 h promise."""
+    return MAX_RETENTION_SECONDS - period_seconds(cfg)
 
 
 def after_end(ended_at: float, cfg: Config) -> float:

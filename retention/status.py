@@ -44,9 +44,16 @@ class RetentionStatus:
     last_success: float | None = None
     last_run_duration_seconds: float | None = None
     deletions: dict[str, int] = field(default_factory=dict)
+    # Every copy: store, data keys, recording folder, and the retention journal.
+    oldest_copy_age_seconds: float = 0.0
+    # The earliest deadline still ahead: when the daemon wakes next. A call time: kept
+    # out of ``as_dict`` (the status command's output).
+    next_deadline: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("next_deadline", None)
+        return out
 
 
 @dataclass
@@ -81,11 +88,14 @@ async def measure(store: Store, folder: RecordingFolder, cfg: Config,
     oldest_start = now
     deadlines = await store.consultation_deadlines()
     known = set()
+    ahead: list[float] = []
     for cid, _created, deadline in deadlines:
         known.add(cid)
         oldest_start = min(oldest_start, retention_start(deadline, cfg))
         if deadline < now - grace:
             status.overdue += 1
+        if deadline > now:
+            ahead.append(deadline)
     status.consultations = len(deadlines)
     keys = await store.list_data_keys()
     status.data_keys = len(keys)
@@ -93,6 +103,9 @@ async def measure(store: Store, folder: RecordingFolder, cfg: Config,
         oldest_start = min(oldest_start, retention_start(key.deadline, cfg))
         if key.deadline < now - grace:
             status.overdue += 1
+        if key.deadline > now:
+            ahead.append(key.deadline)
+    status.next_deadline = min(ahead) if ahead else None
     entries = await asyncio.to_thread(folder.entries)  # many stat calls: off the event loop
     status.recording_entries = len(entries)
     for entry in entries:
@@ -103,7 +116,18 @@ async def measure(store: Store, folder: RecordingFolder, cfg: Config,
                 entry.newest_mtime < now - ORPHAN_GRACE_SECONDS - grace:
             status.overdue += 1
     status.oldest_personal_datum_age_seconds = max(0.0, now - oldest_start)
+    status.oldest_copy_age_seconds = max(status.oldest_personal_datum_age_seconds,
+                                         _journal_age(cfg, now))
     return status
+
+
+def _journal_age(cfg: Config, now: float) -> float:
+    """The retention journal names consultations being deleted: its age while not empty."""
+    try:
+        st = cfg.data_path("retention", "journal.jsonl").stat()
+    except OSError:
+        return 0.0
+    return max(0.0, now - st.st_mtime) if st.st_size else 0.0
 
 
 async def current_status(store: Store, folder: RecordingFolder, cfg: Config,

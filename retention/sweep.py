@@ -1,10 +1,17 @@
 """The sweep: a second net that does not trust the deadline index.
 
+``sweep_stale`` ends every run, also when the store is down or the lock is held
+elsewhere (it needs only the folder, so a store that is down cannot keep old recordings
+alive):
+
+- every entry of the recording folder not written for longer than the maximum retention
+  (24 h, by the newest mtime inside it) is deleted, whatever the store says.
+
+``sweep``, under the retention lock, after the deadline deletions:
+
 - every consultation whose stored deadline has passed is deleted, whatever its state
   (read from the full list, not from ``due_consultations``);
 - every data key past its own deadline, or whose consultation is gone, is deleted;
-- every entry of the recording folder not written for longer than the maximum retention
-  (24 h, by the newest mtime inside it) is deleted, whatever the store says;
 - every recording folder without a consultation (not written for ``ORPHAN_GRACE_SECONDS``,
   so a recording just being created is spared) is deleted with its data key.
 
@@ -53,21 +60,28 @@ async def sweep(deleter: Deleter, now: float,
         await checkpoint()
 
     for entry in entries:
-        stale = entry.newest_mtime < now - MAX_RETENTION_SECONDS
         orphan = entry.consultation_id is not None and entry.consultation_id not in known \
             and entry.newest_mtime < now - ORPHAN_GRACE_SECONDS
         if orphan and entry.consultation_id is not None:
             if await deleter.delete(entry.consultation_id, "orphan_recording"):
                 deleter.counts["orphan_recording"] += 1
-        elif stale:
-            try:
-                files = await asyncio.to_thread(folder.remove_entry, entry)
-            except OSError as exc:
-                deleter.failures += 1
-                event(log, "retention_delete_failed", logging.ERROR,
-                      error=type(exc).__name__, errno=exc.errno)
-                continue
-            deleter.counts["stale_recording"] += 1
-            deleter.counts["recording_file"] += files
-            event(log, "retention_stale_recording_removed", logging.WARNING,
-                  consultation=entry.consultation_id or "", files=files)
+    await sweep_stale(deleter, now)
+
+
+async def sweep_stale(deleter: Deleter, now: float) -> None:
+    """Delete every recording entry older than the maximum retention (no store needed)."""
+    folder = deleter.folder
+    for entry in await asyncio.to_thread(folder.entries):
+        if entry.newest_mtime >= now - MAX_RETENTION_SECONDS:
+            continue
+        try:
+            files = await asyncio.to_thread(folder.remove_entry, entry)
+        except OSError as exc:
+            deleter.failures += 1
+            event(log, "retention_delete_failed", logging.ERROR,
+                  error=type(exc).__name__, errno=exc.errno)
+            continue
+        deleter.counts["stale_recording"] += 1
+        deleter.counts["recording_file"] += files
+        event(log, "retention_stale_recording_removed", logging.WARNING,
+              consultation=entry.consultation_id or "", files=files)

@@ -60,7 +60,8 @@ class ListAudit:
         return fields
 
     def ids(self) -> list[str]:
-        return [e["consultation"] for e in self.entries]
+        """The consultations receipted (the fixture's pseudonym is ``ps-<id>``)."""
+        return [e["pseudonym"].removeprefix("ps-") for e in self.entries]
 
 
 @pytest.fixture
@@ -81,7 +82,10 @@ async def make_store(request: pytest.FixtureRequest, cfg: Config,
     async def factory() -> Any:
         if request.param == "redis":
             s: Any = RedisStore(request.getfixturevalue("redis_server"), clock,
-                                prefix=request.getfixturevalue("redis_prefix"))
+                                prefix=request.getfixturevalue("redis_prefix"),
+                                # the tests create data already overdue: Redis must not
+                                # forget it (TTL) before the daemon runs
+                                ttl_margin_seconds=3600)
         else:
             s = SqliteStore(cfg.sqlite_path, clock)
         opened.append(s)
@@ -120,14 +124,16 @@ def test_deadline_rules(cfg: Config) -> None:
     never = consultation("b", EXPIRED, T0, 0, {EXPIRED: T0 + 1800})
     assert rules.deadline_for(never, cfg) == T0 + 1800 + 6 * HOUR
     cfg.retention.period_hours = 24
-    assert rules.deadline_for(never, cfg) == T0 + 24 * HOUR  # capped at creation + 24 h
+    # 24 h less the run margin: the run woken at the deadline finishes within 24 h
+    day = 24 * HOUR - rules.RUN_MARGIN_SECONDS
+    assert rules.deadline_for(never, cfg) == T0 + day  # capped at creation + 24 h
     failed = consultation("c", FAILED, T0, 0, {FAILED: T0 + 5})
-    assert rules.deadline_for(failed, cfg) == T0 + 24 * HOUR
-    assert rules.deadline_for(consultation("d", SMS_SENT, T0, 0), cfg) == T0 + 24 * HOUR
+    assert rules.deadline_for(failed, cfg) == T0 + day
+    assert rules.deadline_for(consultation("d", SMS_SENT, T0, 0), cfg) == T0 + day
     ended_unconnected = consultation("e", ENDED, T0, 0, {ENDED: T0 + 120})
-    assert rules.deadline_for(ended_unconnected, cfg) == T0 + 24 * HOUR
+    assert rules.deadline_for(ended_unconnected, cfg) == T0 + day
     live = consultation("f", LIVE, T0, T0 + 5, {LIVE: T0 + 100})
-    assert rules.deadline_for(live, cfg) == T0 + 100 + 24 * HOUR
+    assert rules.deadline_for(live, cfg) == T0 + 100 + day
 
 
 def test_config_refuses_more_than_24_hours() -> None:
@@ -164,10 +170,11 @@ async def test_run_deletes_due_and_keeps_the_rest(store: Any, cfg: Config,
     assert report.deletions["recording_file"] == 3
     # receipts: non-personal, one per consultation
     assert sorted(audit.ids()) == ["never", "old"]
-    old = next(e for e in audit.entries if e["consultation"] == "old")
+    old = next(e for e in audit.entries if e["pseudonym"] == "ps-old")
     assert old["action"] == "retention_deleted"
-    assert old == {"action": "retention_deleted", "consultation": "old", "ward": "kita",
-                   "deadline": T0 - HOUR, "deleted_at": T0, "reason": "deadline",
+    # no id, no deadline, no deletion instant: the day and whether it was on time
+    assert old == {"action": "retention_deleted", "pseudonym": "ps-old", "ward": "kita",
+                   "date": "2027-01-15", "on_time": False, "reason": "deadline",
                    "data_key": 1, "files": 3, "record": 1}
     text = json.dumps(audit.entries)
     assert "ciphertext" not in text and "linkhash" not in text and "5678" not in text
@@ -221,7 +228,7 @@ async def test_partial_leftovers_are_finished(store: Any, cfg: Config,
     for cid in ("a", "b", "c"):
         assert await store.get_consultation(cid) is None
         assert not (cfg.recording_dir / cid).exists()
-    by_id = {e["consultation"]: e for e in audit.entries}
+    by_id = {e["pseudonym"].removeprefix("ps-"): e for e in audit.entries}
     assert (by_id["a"]["data_key"], by_id["a"]["files"]) == (0, 3)
     assert (by_id["b"]["data_key"], by_id["b"]["files"]) == (0, 0)
     assert (by_id["c"]["data_key"], by_id["c"]["files"]) == (1, 3)
@@ -257,7 +264,7 @@ async def test_journal_finishes_an_interrupted_deletion(store: Any, cfg: Config,
     """Killed after the record went but before the receipt: the next run writes it."""
     await ended_call(store, cfg, "c1", T0 - 25 * HOUR)
     journal = Journal(cfg.data_path("retention", "journal.jsonl"))
-    journal.begin("c1", "kita", T0 - HOUR, "deadline")
+    journal.begin("c1", "kita", True, "deadline", "ps-c1")
     await store.delete_data_key("c1")
     journal.step("c1", data_key=1)
     journal.step("c1", files=RetentionDaemon(store, cfg, clock).folder.remove_consultation("c1"))
@@ -266,8 +273,8 @@ async def test_journal_finishes_an_interrupted_deletion(store: Any, cfg: Config,
     audit = ListAudit()
     report = await RetentionDaemon(store, cfg, clock, audit=audit).run_once()
     assert report.ok and report.recovered == 1
-    assert audit.entries == [{"action": "retention_deleted", "consultation": "c1",
-                              "ward": "kita", "deadline": T0 - HOUR, "deleted_at": T0,
+    assert audit.entries == [{"action": "retention_deleted", "pseudonym": "ps-c1",
+                              "ward": "kita", "date": "2027-01-15", "on_time": True,
                               "reason": "deadline", "data_key": 1, "files": 3, "record": 0,
                               "recovered": True}]
     assert journal.pending() == []
@@ -312,7 +319,8 @@ async def test_sweep_orphans_both_ways(store: Any, cfg: Config, clock: ManualClo
     d = report.deletions
     assert d["orphan_recording"] == 1 and d["orphan_data_key"] == 1
     assert d["stale_recording"] == 2
-    assert sorted(audit.ids()) == ["keyonly", "orphan-old"]
+    # orphans have no record, hence no pseudonym: their receipts name nothing
+    assert audit.ids() == ["", ""]
     assert {e["reason"] for e in audit.entries} == {"orphan_data_key", "orphan_recording"}
     assert report.status is not None and report.status.overdue == 0
     # later the young orphan goes too
@@ -410,7 +418,8 @@ async def test_two_daemons_in_parallel_never_delete_twice(
 
     def worker() -> None:
         async def go() -> None:
-            s: Any = (RedisStore(_url(seed), clock, prefix=seed.prefix) if is_redis
+            s: Any = (RedisStore(_url(seed), clock, prefix=seed.prefix,
+                                 ttl_margin_seconds=3600) if is_redis
                       else SqliteStore(cfg.sqlite_path, clock))
             barrier.wait()
             try:
@@ -488,7 +497,7 @@ async def test_one_log_line_per_run_with_counts_only(
     assert "c1" not in json.dumps({k: str(v) for k, v in vars(runs[0]).items()})
     # without an audit object, receipts are structured log events
     receipts = [r for r in caplog.records if r.getMessage() == "retention_deleted"]
-    assert [r.__dict__["consultation"] for r in receipts] == ["c1"]
+    assert [r.__dict__["pseudonym"] for r in receipts] == ["ps-c1"]
 
 
 async def test_run_forever_catches_up_then_stops(store: Any, cfg: Config,
@@ -574,5 +583,44 @@ def test_cli_status_and_once(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "consultation=1" in text and "c1" not in text
     audit = [json.loads(line) for line in
              (tmp_path / "data" / "audit.log").read_text().splitlines()]
-    assert [(e["action"], e["consultation"]) for e in audit] == [("retention_deleted", "c1")]
+    assert [(e["action"], e["pseudonym"]) for e in audit] == [("retention_deleted", "ps-c1")]
     assert main(["retention", "status", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+# ---------------------------------------------------------------------- privacy review
+async def test_store_down_still_deletes_old_recordings(store: Any, cfg: Config,
+                                                       clock: ManualClock) -> None:
+    """The age sweep needs no store: with the store unreachable, a recording folder
+    three days old still goes (seen before: it stayed as long as the store was down)."""
+    from signalling.store.interfaces import StoreError
+    await ended_call(store, cfg, "old", T0 - 72 * HOUR)
+    for p in [cfg.recording_dir / "old", *(cfg.recording_dir / "old").iterdir()]:
+        os.utime(p, (T0 - 72 * HOUR, T0 - 72 * HOUR))
+
+    class Down:
+        def __getattr__(self, name: str) -> Any:
+            async def fail(*args: Any, **kwargs: Any) -> Any:
+                raise StoreError("store unreachable")
+            return fail
+
+    report = await RetentionDaemon(Down(), cfg, clock).run_once()  # type: ignore[arg-type]
+    assert not report.ok and "unreachable" in report.error
+    assert not (cfg.recording_dir / "old").exists()
+    assert report.deletions["stale_recording"] == 1
+
+
+async def test_daemon_wakes_at_the_next_deadline(store: Any, cfg: Config,
+                                                 clock: ManualClock) -> None:
+    """Deletion is not an interval late: the daemon sleeps until the next deadline, and
+    a deadline leaves the run margin before the 24 h promise."""
+    cfg.retention.interval_seconds = 60
+    await ended_call(store, cfg, "soon", T0 - rules.period_seconds(cfg) + 30)
+    daemon = RetentionDaemon(store, cfg, clock)
+    report = await daemon.run_once()
+    assert report.ok and await store.get_consultation("soon") is not None
+    assert 29 <= daemon._until_next_deadline(report) <= 31
+    assert "next_deadline" not in report.status.as_dict()  # type: ignore[union-attr]
+    assert rules.after_end(T0, cfg) <= T0 + 24 * HOUR - rules.RUN_MARGIN_SECONDS
+    clock.advance(31)
+    await daemon.run_once()
+    assert await store.get_consultation("soon") is None
