@@ -440,6 +440,22 @@ async def test_meta(store: Store) -> None:
 
 
 # ---------------------------------------------------------------------- Redis TTLs
+async def test_redis_ttl_is_the_deadline_itself_by_default(redis_server: str, redis_prefix: str,
+                                                         clock: ManualClock) -> None:
+    """No margin: Redis forgets a consultation at its deadline (it used to keep it 5 min
+    more), and a deadline already past leaves it one second."""
+    s = RedisStore(redis_server, clock, prefix=redis_prefix)
+    r = aioredis.Redis.from_url(redis_server, decode_responses=True)
+    try:
+        await s.create_consultation(consultation("c1", deadline=T0 + 2 * HOUR))
+        assert abs(await r.ttl(redis_prefix + "c:c1") - 2 * HOUR) <= 2
+        await s.update_consultation("c1", {"deadline": T0 - HOUR})
+        assert await r.ttl(redis_prefix + "c:c1") == 1
+    finally:
+        await r.aclose()
+        await s.close()
+
+
 async def test_redis_ttls_on_personal_keys(redis_server: str, redis_prefix: str,
                                            clock: ManualClock) -> None:
     s = RedisStore(redis_server, clock, prefix=redis_prefix, ttl_margin_seconds=300)
@@ -459,11 +475,11 @@ async def test_redis_ttls_on_personal_keys(redis_server: str, redis_prefix: str,
         assert abs(await r.ttl(p + "link:h-2") - (4 * HOUR + 300)) <= 2
         # a deadline already past still leaves the margin to the retention daemon
         await s.update_consultation("c1", {"deadline": T0 - HOUR})
-        assert 0 < await r.ttl(p + "c:c1") <= 300
+        assert 0 < await r.ttl(p + "c:c1") <= 301
         await s.put_data_key(DataKey("c2", "kek", "d3JhcA==", T0 + 10 * HOUR))
         assert abs(await r.ttl(p + "k:c2") - (9 * HOUR + 300)) <= 2
         await s.put_data_key(DataKey("c1", "kek", "d3JhcA==", T0 + 10 * HOUR))
-        assert 0 < await r.ttl(p + "k:c1") <= 300  # its consultation's deadline (past)
+        assert 0 < await r.ttl(p + "k:c1") <= 301  # its consultation's deadline (past)
         await s.update_consultation("c1", {"deadline": T0 + 3 * HOUR})
         assert abs(await r.ttl(p + "k:c1") - (2 * HOUR + 300)) <= 2
         await s.put_session(session("s1"))
@@ -501,3 +517,31 @@ async def test_redis_record_expired_by_ttl_is_still_due(
     finally:
         await s.close()
         await r.aclose()
+
+
+async def test_sqlite_wal_truncation_is_checked_and_retried(
+        tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader holding the WAL used to make the checkpoint fail silently (the WAL kept
+    deleted phone fields): now it is retried, then reported; once free, the WAL is empty."""
+    import sqlite3
+
+    from madoguchi import metrics
+    from signalling.store import sqlite as sqlite_module
+    s = SqliteStore(tmp_path / "state.db", clock)
+    try:
+        await s.create_consultation(consultation("c1"))
+        reader = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM consultations").fetchone()  # a read snapshot
+        await s.delete_consultation("c1")
+        before = metrics.STORE_COMPACTION_FAILURES._value.get()
+        monkeypatch.setattr(sqlite_module, "CHECKPOINT_PAUSE_SECONDS", 0.01)
+        with pytest.raises(StoreError, match="write-ahead log"):
+            await s.compact_deleted()
+        assert metrics.STORE_COMPACTION_FAILURES._value.get() == before + 1
+        reader.execute("COMMIT")
+        reader.close()
+        await s.compact_deleted()
+        assert (tmp_path / "state.db-wal").stat().st_size == 0
+    finally:
+        await s.close()

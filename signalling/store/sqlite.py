@@ -9,6 +9,7 @@ phone number does not linger in free pages.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -30,6 +31,9 @@ from signalling.store.interfaces import (
 )
 
 SCHEMA_VERSION = 1
+# A checkpoint that a reader blocks is retried this often, this far apart.
+CHECKPOINT_TRIES = 10
+CHECKPOINT_PAUSE_SECONDS = 0.2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS consultations (
     id TEXT PRIMARY KEY,
@@ -107,6 +111,9 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA secure_delete = ON")
+            # The WAL is truncated to 0 bytes after each checkpoint that resets it, so old
+            # page images (deleted rows) do not stay in it.
+            self._db.execute("PRAGMA journal_size_limit = 0")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -317,5 +324,20 @@ class SqliteStore:
 
     async def compact_deleted(self) -> None:
         """Fold the write-ahead log into the database and truncate it, so old page images
-        (deleted rows) leave the WAL file."""
-        self._one("PRAGMA wal_checkpoint(TRUNCATE)")
+        (deleted rows) leave the WAL file. A reader in another process blocks that: retry,
+        then raise StoreError (the run reports it; the metric counts it)."""
+        from madoguchi import metrics
+        for attempt in range(CHECKPOINT_TRIES):
+            # A short busy wait: this runs on the event loop; the pause below yields.
+            self._one("PRAGMA busy_timeout = 50")
+            try:
+                row = self._one("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._one("PRAGMA busy_timeout = 10000")
+            if row is not None and row[0] == 0:  # busy = 0: done, the WAL is empty
+                return
+            if attempt + 1 < CHECKPOINT_TRIES:
+                await asyncio.sleep(CHECKPOINT_PAUSE_SECONDS)
+        metrics.STORE_COMPACTION_FAILURES.inc()
+        raise StoreError("the write-ahead log could not be truncated (a reader held it); "
+                         "deleted rows may remain in state.db-wal until the next run")
