@@ -59,6 +59,7 @@ class StoreConfig:
     sqlite_path: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     phone_key_file: str = ""
+    redis_persistence_rotated: bool = False
 
 
 @dataclass

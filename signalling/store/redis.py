@@ -12,8 +12,9 @@ Layout under the prefix (``madoguchi:`` by default):
 - ``lock:<name>``     owner token (SET NX PX);  ``meta:<name>``: operational values
 
 Every key holding personal data (consultation, link, data key, session) carries a TTL at
-its deadline plus ``ttl_margin_seconds``, computed against the injected clock: if the
-retention daemon stops, Redis still forgets. Compare-and-set updates run as Lua scripts,
+its deadline plus ``ttl_margin_seconds`` (0 by default: at the deadline itself; at least
+1 s), computed against the injected clock: if the retention daemon stops, Redis still
+forgets. Compare-and-set updates run as Lua scripts,
 so they are atomic without retries. Single Redis (or Sentinel) only: the scripts derive
 index keys from the prefix, which Redis Cluster does not allow.
 """
@@ -54,7 +55,7 @@ local now, margin = tonumber(ARGV[3]), tonumber(ARGV[4])
 if redis.call('EXISTS', c) == 1 then return 1 end
 local f = {}
 for i = 5, #ARGV, 2 do f[ARGV[i]] = ARGV[i + 1] end
-local ttl = math.max(math.ceil(tonumber(f['deadline']) - now), 0) + margin
+local ttl = math.max(math.ceil(tonumber(f['deadline']) - now), 1) + margin
 if f['link_hash'] ~= '' then
   if not redis.call('SET', prefix .. 'link:' .. f['link_hash'], id, 'NX', 'EX', ttl) then
     return 2
@@ -105,7 +106,7 @@ end
 if f['created_at'] then redis.call('ZADD', prefix .. 'created', f['created_at'], id) end
 local deadline = redis.call('HGET', c, 'deadline')
 redis.call('ZADD', prefix .. 'deadlines', deadline, id)
-local ttl = math.max(math.ceil(tonumber(deadline) - now), 0) + margin
+local ttl = math.max(math.ceil(tonumber(deadline) - now), 1) + margin
 redis.call('EXPIRE', c, ttl)
 local k = prefix .. 'k:' .. id
 if redis.call('EXISTS', k) == 1 then
@@ -136,7 +137,7 @@ return n
 # KEYS: k:<id>, c:<id>, keys set; ARGV: id, key_id, wrapped, deadline, now, margin
 _PUT_KEY = """
 local deadline = redis.call('HGET', KEYS[2], 'deadline') or ARGV[4]
-local ttl = math.max(math.ceil(tonumber(deadline) - tonumber(ARGV[5])), 0) + tonumber(ARGV[6])
+local ttl = math.max(math.ceil(tonumber(deadline) - tonumber(ARGV[5])), 1) + tonumber(ARGV[6])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'key_id', ARGV[2], 'wrapped', ARGV[3], 'deadline', deadline)
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -187,8 +188,12 @@ class RedisStore:
     """The Redis store (see interfaces.Store for the contract of each method)."""
 
     def __init__(self, url: str, clock: Clock, prefix: str = "madoguchi:",
-                 ttl_margin_seconds: float = 300.0) -> None:
+                 ttl_margin_seconds: float = 0.0, rewrite_files: bool = False) -> None:
+        """``ttl_margin_seconds``: 0, so Redis forgets at the deadline itself.
+        ``rewrite_files``: Redis persists to files (allowed by the operator): rewrite them
+        after each retention run (see persistence.py)."""
         self.clock = clock
+        self.rewrite_files = rewrite_files
         self.prefix = prefix
         self.ttl_margin = int(math.ceil(ttl_margin_seconds))
         try:
@@ -208,7 +213,7 @@ class RedisStore:
         return self.prefix + ":".join(parts)
 
     def _ttl(self, deadline: float) -> int:
-        return max(math.ceil(deadline - self.clock.now()), 0) + self.ttl_margin
+        return max(math.ceil(deadline - self.clock.now()), 1) + self.ttl_margin
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
@@ -467,5 +472,9 @@ class RedisStore:
             await self._r.set(self._k("meta", name), value)
 
     async def compact_deleted(self) -> None:
-        """Nothing to do: deleted keys leave memory at once (persistence is the
-        deployment's choice; see the operator notes)."""
+        """Deleted keys leave memory at once; with persistence on (the operator allowed
+        it), the RDB/AOF files are rewritten from memory so they leave the files too."""
+        if self.rewrite_files:
+            from signalling.store.persistence import rewrite_files
+            async with self._errors():
+                await rewrite_files(self._r)
