@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from madoguchi.clock import Clock, SystemClock
+from madoguchi.clock import Clock, default_clock
 from madoguchi.config import Config, ConfigError
 from madoguchi.logs import event
 from signalling import citizen_site, staff_site
@@ -38,7 +38,7 @@ class StartupError(RuntimeError):
 class Server:
     def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
         self.cfg = cfg
-        self.clock = clock or SystemClock()
+        self.clock = clock or default_clock()
         self.hub = Hub()
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -63,7 +63,8 @@ class Server:
         from signalling.phone import load_phone_cipher
         from signalling.sms import make_provider
         from signalling.sms.template import check_template
-        from signalling.store import open_store
+        from signalling.store import check_persistence, open_store
+        from signalling.store.interfaces import StoreError
 
         check_template(cfg)
         cfg.data_path().mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -71,6 +72,10 @@ class Server:
             if cfg.recording.enabled else None
         self.store = open_store(cfg, self.clock)
         await self.store.ping()
+        try:
+            await check_persistence(cfg)
+        except StoreError as exc:
+            raise ConfigError(str(exc)) from None
         if self.recording is not None:
             self.recording.bind(self.store)
         self.audit = AuditLog(cfg.audit_path, self.clock, cfg.audit.keep_days)
@@ -191,11 +196,14 @@ class Server:
         await self._listen("operator", self.operator_app(), cfg.operator.host,
                            cfg.operator.port, None)
         self._spawn(crl_reloader.run(self._stop))
-        self._spawn(self._housekeeping())
+        await self.service.load_heartbeat()  # before the first round overwrites it
+        first_run: asyncio.Event | None = None
         if cfg.retention.embedded:
             from retention.daemon import RetentionDaemon
             daemon = RetentionDaemon(self.store, cfg, self.clock, audit=self.audit)
+            first_run = daemon.first_run
             self._spawn(daemon.run_forever(self._stop))
+        self._spawn(self._housekeeping(first_run))
         event(log, "server_started", citizen=self.ports["citizen"], staff=self.ports["staff"],
               operator=self.ports["operator"])
 
@@ -223,11 +231,17 @@ class Server:
     def _spawn(self, coro: Awaitable[Any]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
 
-    async def _housekeeping(self) -> None:
-        """Expire links past their lifetime and refresh the consultation gauges."""
+    async def _housekeeping(self, after: asyncio.Event | None = None) -> None:
+        """Heartbeat, expire links past their lifetime, end calls a crash cut, refresh the
+        consultation gauges. Starts after retention's first run (``after``): what a long
+        outage left overdue is deleted before anything else touches it."""
         from madoguchi.gauges import refresh_store_gauges
+        if after is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(after.wait(), 60.0)
         while not self._stop.is_set():
             try:
+                await self.service.heartbeat()
                 await self.service.expire_due()
                 await refresh_store_gauges(self.store)
             except Exception:  # keep going; the next round retries

@@ -20,6 +20,7 @@ from madoguchi import metrics
 from madoguchi.clock import Clock
 from madoguchi.config import Config
 from madoguchi.logs import event
+from retention.deadline import period_seconds
 from sfu.interfaces import Room, Sfu, SfuError
 from signalling.hub import Hub
 from signalling.lifecycle import LINK_USABLE, OPEN_STATES, sources_of
@@ -52,6 +53,8 @@ from signalling.store.interfaces import (
 log = logging.getLogger(__name__)
 
 HOUR = 3600.0
+# Store meta key: when this server was last known alive (written every housekeeping round).
+HEARTBEAT_KEY = "server.heartbeat"
 
 
 class ConsultationError(Exception):
@@ -117,11 +120,13 @@ class ConsultationService:
         self._citizen_gone: dict[str, float] = {}
         # Staff -> citizen messages kept until the phone acknowledges them.
         self.outbox = CitizenOutbox()
+        # The previous server process's last heartbeat (see ``load_heartbeat``).
+        self.last_alive: float | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
     def period(self) -> float:
-        return self.cfg.retention.period_hours * HOUR
+        return period_seconds(self.cfg)
 
     def link_url(self, token: str) -> str:
         return f"{self.cfg.server.public_url.rstrip('/')}/c/{token}"
@@ -150,8 +155,9 @@ class ConsultationService:
             raise ConsultationError("not_found", "No such consultation.", 404)
         return c
 
-    async def _transition(self, cid: str, target: str, **changes: Any) -> Consultation | None:
-        now = self.clock.now()
+    async def _transition(self, cid: str, target: str, at: float | None = None,
+                          **changes: Any) -> Consultation | None:
+        now = self.clock.now() if at is None else at
         changes = dict(changes)
         changes["state"] = target
         changes.setdefault("times", {})[target] = now
@@ -168,7 +174,7 @@ class ConsultationService:
         self.audit.write(action, staff=actor.username if actor else "citizen",
                          ward=(c.ward if c else (actor.ward if actor else "")),
                          cert_serial=actor.cert_serial if actor else "",
-                         consultation=c.id if c else "", **fields)
+                         pseudonym=c.pseudonym if c else "", **fields)
 
     # ------------------------------------------------------------------ staff side
     async def list_for(self, actor: Actor) -> list[Consultation]:
@@ -197,6 +203,7 @@ class ConsultationService:
             times={CREATED: now}, recording=self.cfg.recording.enabled,
             recording_status="pending" if self.cfg.recording.enabled else "off",
             video_codec=self.cfg.sfu.video_codec.upper(),
+            pseudonym=secrets.token_hex(8),  # the audit log's name for it (see audit.py)
         )
         await self.store.create_consultation(c)
         self._pending_links[c.id] = token
@@ -407,14 +414,15 @@ class ConsultationService:
         await self.end(cid, "citizen")
 
     # ------------------------------------------------------------------ both
-    async def end(self, cid: str, reason: str) -> Consultation | None:
-        now = self.clock.now()
+    async def end(self, cid: str, reason: str, at: float | None = None) -> Consultation | None:
+        """End the call; ``at``: when it really stopped, if earlier than now (a crash)."""
+        now = self.clock.now() if at is None else min(at, self.clock.now())
         self._pending_links.pop(cid, None)
-        c = await self._transition(cid, ENDED, end_reason=reason, link_hash="",
+        c = await self._transition(cid, ENDED, at=now, end_reason=reason, link_hash="",
                                    deadline=now + self.period)
         if c is not None and LIVE in c.times:
             c = await self.store.update_consultation(
-                cid, {"times": {"duration": round(now - c.times[LIVE], 3)}}) or c
+                cid, {"times": {"duration": round(max(0.0, now - c.times[LIVE]), 3)}}) or c
         self.hub.to_citizen(cid, {"type": "ended", "reason": reason})
         self.hub.to_staff({"type": "ended", "id": cid, "reason": reason})
         await self._close_room(cid)
@@ -449,7 +457,11 @@ class ConsultationService:
                 await self._expire(c)
                 count += 1
             elif c.state == LIVE and c.id not in self._rooms_wired:
-                await self.end(c.id, "server_restart")
+                # Cut by a crash: it ended when the old server was last alive, not now
+                # (a long outage must not push the deadline past 24 h of the disconnect).
+                at = max(self.last_alive, c.times.get(LIVE, 0.0)) \
+                    if self.last_alive is not None else None
+                await self.end(c.id, "server_restart", at=at)
                 count += 1
             elif c.state == LIVE and self._abandoned(c, now):
                 await self.end(c.id, self._abandoned(c, now))
@@ -458,6 +470,18 @@ class ConsultationService:
                 await self.store.update_consultation(c.id, {"deadline": now + self.period},
                                                      expect_states=(LIVE,))
         return count
+
+    async def load_heartbeat(self) -> None:
+        """Read the previous process's last heartbeat (call before the first
+        ``heartbeat``): calls it left live ended then."""
+        raw = await self.store.get_meta(HEARTBEAT_KEY)
+        try:
+            self.last_alive = float(raw) if raw else None
+        except ValueError:
+            self.last_alive = None
+
+    async def heartbeat(self) -> None:
+        await self.store.put_meta(HEARTBEAT_KEY, repr(self.clock.now()))
 
     def _abandoned(self, c: Consultation, now: float) -> str:
         """Why a live call should end by itself ("" if it should not): too long, or the

@@ -9,6 +9,7 @@ import pytest
 
 from madoguchi.clock import ManualClock
 from madoguchi.config import Config
+from retention.deadline import RUN_MARGIN_SECONDS
 from sfu.sfu import LocalSfu
 from signalling.consultations import Actor, ConsultationError, ConsultationService, LinkRefused
 from signalling.hub import Hub
@@ -19,6 +20,7 @@ from signalling.sms.interfaces import SmsError
 from signalling.store.sqlite import SqliteStore
 
 STAFF = Actor(username="tanaka", ward="灘区")
+PERIOD = 24 * 3600 - RUN_MARGIN_SECONDS  # the default period, as the lifecycle applies it
 OTHER_WARD = Actor(username="sato", ward="垂水区")
 
 
@@ -107,7 +109,7 @@ async def test_consent_binds_one_device_and_end_sets_the_deadline(harness) -> No
     c2 = await service.create(STAFF, "090-3333-4444")
     clock.advance(10)
     ended = await service.staff_end(STAFF, c2.id)
-    assert ended.state == "ended" and ended.deadline == clock.now() + 24 * 3600
+    assert ended.state == "ended" and ended.deadline == clock.now() + PERIOD
     with pytest.raises(LinkRefused):
         await service.find_link(token_from(sms, c2.id), "")
 
@@ -153,7 +155,7 @@ async def test_running_calls_keep_their_data_and_forgotten_calls_end(harness) ->
     await service.expire_due()
     c = await service.store.get_consultation(cid)
     assert c is not None and c.state == "ended" and c.end_reason == "max_duration"
-    assert c.deadline == clock.now() + 24 * 3600
+    assert c.deadline == clock.now() + PERIOD
 
 
 async def test_a_citizen_gone_past_the_grace_ends_the_call(harness) -> None:
@@ -168,6 +170,25 @@ async def test_a_citizen_gone_past_the_grace_ends_the_call(harness) -> None:
     await service.expire_due()
     c = await service.store.get_consultation(cid)
     assert c is not None and c.state == "ended" and c.end_reason == "citizen_lost"
+
+
+async def test_a_call_cut_by_a_crash_is_deleted_24h_after_the_disconnect(harness) -> None:
+    """A server SIGKILLed mid-call and restarted 20 h later: the call ended when the old
+    process was last alive (its heartbeat), and its deadline runs from then, not from the
+    restart (seen before: data kept 44 h after the disconnect, duration stored as 20 h)."""
+    service, sms, clock = harness
+    cid = await _live(service, sms)
+    clock.advance(600)
+    await service.heartbeat()  # the old process's last housekeeping round
+    disconnect = clock.now()
+    clock.advance(20 * 3600)  # the outage
+    service._rooms_wired.discard(cid)  # a new process: no room here
+    await service.load_heartbeat()
+    await service.expire_due()
+    c = await service.store.get_consultation(cid)
+    assert c is not None and c.state == "ended" and c.end_reason == "server_restart"
+    assert c.times["ended"] == disconnect and c.times["duration"] == 600
+    assert c.deadline <= disconnect + 24 * 3600
 
 
 async def test_a_live_call_without_a_room_here_was_cut_by_a_restart(harness) -> None:
