@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from madoguchi.hardening import no_core_dumps
+    no_core_dumps()  # keys and plaintext in memory must never reach a core file
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
