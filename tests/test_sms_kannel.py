@@ -129,6 +129,28 @@ async def test_one_segment_with_the_link_and_delivered_report(
     assert "sms_accepted" in logged and "sms_delivery_report" in logged
     for secret in (PHONE, PHONE[1:], token, kannel.password, load_dlr_secret(cfg)):
         assert secret not in logged
+    # Kannel's own files (logs, stderr, no store) keep neither the number nor the link
+    files = kannel.privacy_files()
+    assert any(p.name == "access.log" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for secret in (PHONE, PHONE[3:], token):
+            assert secret.encode() not in data, (path.name, "holds a number or the link")
+
+
+def test_shipped_kannel_config_keeps_no_message_store_and_quiet_logs() -> None:
+    """The store file kept every SMS (number, link, DLR URL) past 24 h after a quiet
+    weekend; the shipped configuration has none, logs at warning level and its access
+    log format has no number or text."""
+    from madoguchi.config import REPO_ROOT
+    lines = [line.split("#", 1)[0].strip() for line in
+             (REPO_ROOT / "config" / "kannel" / "kannel.conf").read_text().splitlines()]
+    settings = [tuple(x.strip() for x in line.split("=", 1)) for line in lines if "=" in line]
+    names = [name for name, _value in settings]
+    assert "store-type" not in names and "store-location" not in names
+    assert {value for name, value in settings if name == "log-level"} == {"2"}
+    formats = [value for name, value in settings if name == "access-log-format"]
+    assert formats and not any(f in formats[0] for f in ("%p", "%P", "%a", "%b"))
 
 
 async def test_fixture_sees_a_long_text_as_two_parts(
