@@ -63,8 +63,7 @@ class Server:
         from signalling.phone import load_phone_cipher
         from signalling.sms import make_provider
         from signalling.sms.template import check_template
-        from signalling.store import check_persistence, open_store
-        from signalling.store.interfaces import StoreError
+        from signalling.store import open_store
 
         check_template(cfg)
         cfg.data_path().mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -72,10 +71,6 @@ class Server:
             if cfg.recording.enabled else None
         self.store = open_store(cfg, self.clock)
         await self.store.ping()
-        try:
-            await check_persistence(cfg)
-        except StoreError as exc:
-            raise ConfigError(str(exc)) from None
         if self.recording is not None:
             self.recording.bind(self.store)
         self.audit = AuditLog(cfg.audit_path, self.clock, cfg.audit.keep_days)

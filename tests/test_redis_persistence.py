@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from madoguchi.clock import ManualClock
 from madoguchi.config import Config
-from signalling.store import check_persistence
-from signalling.store.interfaces import StoreError
+from madoguchi.doctor import Context
+from madoguchi.doctor.redis import redis_persistence
 from signalling.store.persistence import persistence_problems
 from signalling.store.redis import RedisStore
 from tests.fixtures.retention import HOUR, consultation
@@ -31,14 +30,46 @@ def redis_cfg(url: str, rotated: bool = False) -> Config:
 
 async def test_refused_with_persistence_and_accepted_without(
         persistent_redis: tuple[str, Path], redis_server: str) -> None:
+    """The start-up check (madoguchi doctor's store.redis_persistence) refuses a Redis
+    with RDB or AOF on, unless the operator set redis_persistence_rotated."""
     url, _folder = persistent_redis
     problems = await persistence_problems(url)
-    assert any("save" in p for p in problems) and any("appendonly" in p for p in problems)
-    with pytest.raises(StoreError, match="redis_persistence_rotated"):
-        await check_persistence(redis_cfg(url))
-    await check_persistence(redis_cfg(url, rotated=True))  # the operator's explicit choice
+    assert len(problems) == 1 and "save" in problems[0] and "appendonly" in problems[0]
+    refused = await redis_persistence(Context(redis_cfg(url)))
+    assert refused.status == "fail" and "redis_persistence_rotated" in refused.fix
+    allowed = await redis_persistence(Context(redis_cfg(url, rotated=True)))
+    assert allowed.status == "ok"  # the operator's explicit choice
     assert await persistence_problems(redis_server) == []
-    await check_persistence(redis_cfg(redis_server))
+    assert (await redis_persistence(Context(redis_cfg(redis_server)))).status == "ok"
+
+
+async def test_a_replica_that_persists_is_refused(redis_server: str,
+                                                  persistent_redis: tuple[str, Path]) -> None:
+    """The primary keeps nothing on disk, its replica does: refused all the same."""
+    replica_url, _folder = persistent_redis
+    primary_port = redis_server.rsplit(":", 1)[1].split("/")[0]
+    replica = aioredis.Redis.from_url(replica_url)
+    primary = aioredis.Redis.from_url(redis_server)
+
+    async def replicas() -> int:
+        return int((await primary.info("replication")).get("connected_slaves", 0))
+
+    try:
+        await replica.execute_command("REPLICAOF", "127.0.0.1", primary_port)
+        for _ in range(100):
+            if await replicas():
+                break
+            await asyncio.sleep(0.1)
+        problems = await persistence_problems(redis_server)
+        assert len(problems) == 1 and problems[0].startswith("replica 127.0.0.1:")
+    finally:
+        await replica.execute_command("REPLICAOF", "NO", "ONE")
+        for _ in range(100):  # the shared Redis is a lone primary again for other tests
+            if not await replicas():
+                break
+            await asyncio.sleep(0.1)
+        await replica.aclose()
+        await primary.aclose()
 
 
 async def _files_settled(r: aioredis.Redis) -> None:

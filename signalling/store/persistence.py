@@ -2,12 +2,11 @@
 
 With ``save`` set (RDB snapshots) or ``appendonly yes`` (AOF), the files on the Redis
 host keep what retention deleted until they are rewritten (seen: the AOF still held the
-encrypted phone number, the wrapped data key and the link hash after deletion). The
-server refuses such a Redis, replicas included, unless the operator says the files are
-taken care of (``[store] redis_persistence_rotated = true``); then every retention run
-rewrites them from memory (``rewrite_files``), so deleted keys leave them too.
-
-``persistence_problems(url)`` is the check, for start-up and for ``madoguchi doctor``.
+encrypted phone number, the wrapped data key and the link hash after deletion).
+``madoguchi doctor`` and the start-up checks (madoguchi/doctor/redis.py) refuse such a
+Redis, replicas included, unless the operator says the files are taken care of
+(``[store] redis_persistence_rotated = true``); then every retention run rewrites them
+from memory (``rewrite_files``), so deleted keys leave the files too.
 """
 
 from __future__ import annotations
@@ -18,22 +17,29 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-TIMEOUT_SECONDS = 3.0
+
+async def read_settings(r: Any) -> dict[str, str]:
+    """``save`` and ``appendonly`` of a connected Redis."""
+    settings: dict[str, str] = {}
+    for name in ("save", "appendonly"):
+        answer = await r.config_get(name)
+        settings.update({str(k): str(v) for k, v in answer.items()})
+    return settings
 
 
-async def _config(r: Any) -> tuple[str, str]:
-    save = (await r.config_get("save")).get("save", "")
-    aof = (await r.config_get("appendonly")).get("appendonly", "no")
-    return str(save).strip(), str(aof).strip().lower()
+def describe(settings: dict[str, str]) -> str:
+    """Why these settings keep data on disk, or ''."""
+    problems = []
+    if settings.get("save", "").strip():
+        problems.append(f"save = \"{settings['save']}\" (RDB snapshots)")
+    if settings.get("appendonly", "no").lower() == "yes":
+        problems.append("appendonly = yes")
+    return " and ".join(problems)
 
 
-def _describe(where: str, save: str, aof: str) -> list[str]:
-    out = []
-    if save:
-        out.append(f"{where}: RDB snapshots are on (save \"{save}\")")
-    if aof == "yes":
-        out.append(f"{where}: the append-only file is on (appendonly yes)")
-    return out
+def _connect(url: str, timeout: float) -> Any:
+    return aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=timeout,
+                                   socket_timeout=timeout)
 
 
 def _replica_url(url: str, host: str, port: str) -> str:
@@ -42,30 +48,27 @@ def _replica_url(url: str, host: str, port: str) -> str:
     return urlunsplit((parts.scheme, f"{auth}{host}:{port}", parts.path, "", ""))
 
 
-async def persistence_problems(url: str) -> list[str]:
-    """Why this Redis (and each replica it lists) would keep deleted data in files;
-    empty when neither RDB snapshots nor AOF are on anywhere."""
-    problems: list[str] = []
-    r = aioredis.Redis.from_url(url, decode_responses=True,
-                                socket_connect_timeout=TIMEOUT_SECONDS,
-                                socket_timeout=TIMEOUT_SECONDS)
+async def persistence_problems(url: str, timeout: float = 3.0) -> list[str]:
+    """Why this Redis, or a replica it lists, would keep deleted data in files; empty
+    when neither RDB snapshots nor AOF are on anywhere. Raises RedisError/OSError when the
+    Redis at ``url`` itself cannot be read (a replica that cannot be read is a problem)."""
+    r = _connect(url, timeout)
     try:
-        problems += _describe("redis", *await _config(r))
+        problem = describe(await read_settings(r))
         info = await r.info("replication")
-    except RedisError as exc:
-        return [f"redis: cannot read its persistence settings ({type(exc).__name__})"]
     finally:
         await r.aclose()
+    problems = [f"Redis writes personal data to disk: {problem}"] if problem else []
     for name, value in info.items():
         if not (name.startswith("slave") and isinstance(value, dict)):
             continue
         host, port = str(value.get("ip", "")), str(value.get("port", ""))
-        replica = aioredis.Redis.from_url(_replica_url(url, host, port), decode_responses=True,
-                                          socket_connect_timeout=TIMEOUT_SECONDS,
-                                          socket_timeout=TIMEOUT_SECONDS)
+        replica = _connect(_replica_url(url, host, port), timeout)
         try:
-            problems += _describe(f"replica {host}:{port}", *await _config(replica))
-        except RedisError as exc:
+            problem = describe(await read_settings(replica))
+            if problem:
+                problems.append(f"replica {host}:{port} writes personal data to disk: {problem}")
+        except (RedisError, OSError) as exc:
             problems.append(f"replica {host}:{port}: cannot read its persistence settings "
                             f"({type(exc).__name__})")
         finally:
@@ -76,9 +79,10 @@ async def persistence_problems(url: str) -> list[str]:
 async def rewrite_files(r: Any) -> None:
     """Rewrite the RDB and AOF files from memory (deleted keys leave them); a rewrite
     already running is left to finish."""
-    save, aof = await _config(r)
+    settings = await read_settings(r)
     # SCHEDULE: a snapshot asked for while the AOF is rewritten starts right after it.
-    for command, on in ((("BGREWRITEAOF",), aof == "yes"), (("BGSAVE", "SCHEDULE"), bool(save))):
+    for command, on in ((("BGREWRITEAOF",), settings.get("appendonly", "no") == "yes"),
+                        (("BGSAVE", "SCHEDULE"), bool(settings.get("save", "").strip()))):
         if not on:
             continue
         try:
