@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from madoguchi.certs import _leaf, load_cert, load_key
 from madoguchi.doctor import Context, Result, load_checks, run_checks
 from madoguchi.doctor import clock as doctor_clock
+from tests.fixtures.coturn import Coturn
 from tests.fixtures.kannel import Kannel
 from tests.fixtures.ports import free_port, port_open, stop_process, wait_for
 from tests.fixtures.production import ProductionSite
@@ -262,3 +263,33 @@ def test_serve_refuses_a_failing_startup_check(production_site: ProductionSite) 
     assert "madoguchi: cannot start: FAIL    sms.provider:" in done.stderr
     assert "madoguchi serve --dev" in done.stderr
     assert not port_open(site.sections["operator"]["port"])
+
+
+# ---------------------------------------------------------------------------- TURN
+
+
+def test_turn_relay_is_allocated_with_a_minted_credential(
+        production_site: ProductionSite, coturn: Coturn, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    # Trust both the site's CA and the one of coturn's certificate (the session's dev PKI).
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(production_site.trust.read_bytes()
+                       + Path(coturn.settings.cert).with_name("ca.pem").read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    turn = coturn.turn_overrides(coturn.write_secret(tmp_path / "turn.key"))
+    results = check(production_site, turn, "turn")
+    assert [r.status for r in results] == ["ok", "ok", "ok"], results
+    assert [r.message.split(":")[0] for r in results] == ["turn", "turn", "turns"]
+    assert all("relay allocated at 127.0.0.1:" in r.message for r in results)
+
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text(os.urandom(32).hex())
+    results = check(production_site, coturn.turn_overrides(wrong), "turn")
+    assert [r.status for r in results] == ["fail"] * 3, results
+    assert all("allocation refused" in r.message and "static-auth-secret" in r.fix
+               for r in results)
+
+    closed = turn | {"turn": turn["turn"] | {"port": free_port(), "tls_port": free_port()}}
+    results = check(production_site, closed, "turn")
+    assert {r.status for r in results} == {"fail"}
+    assert all("no answer" in r.message for r in results), results

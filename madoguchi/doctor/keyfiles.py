@@ -80,6 +80,8 @@ def key_files(ctx: Context) -> Results:
     jwt = Path(cfg.links.secret_file) if cfg.links.secret_file else cfg.secrets_dir / "jwt.key"
     out.append(_private("signalling JWT key", jwt, created_on_start=True))
     out.append(_private("phone-number key", phone_key_path(cfg), created_on_start=True))
+    if cfg.turn.enabled:
+        out.append(_private("TURN secret", cfg.turn_secret_path, created_on_start=True))
     if cfg.sms.provider == "kannel":
         out.append(_private("DLR secret", dlr_secret_path(cfg), created_on_start=True))
     return out

@@ -7,17 +7,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from pathlib import Path
-from typing import Any
 
 from madoguchi.doctor import Context, Result, Results, check, fail, ok
 
 FIX_SECRET = ("copy the secret of [turn] secret_file into turnserver.conf "
               "(static-auth-secret=…, use-auth-secret) and restart coturn")
-
-
-def _secret_path(ctx: Context, turn: Any) -> Path:
-    return Path(turn.secret_file) if turn.secret_file else ctx.cfg.secrets_dir / "turn.key"
 
 
 async def allocate(host: str, port: int, transport: str, tls: ssl.SSLContext | None,
@@ -37,17 +31,18 @@ async def allocate(host: str, port: int, transport: str, tls: ssl.SSLContext | N
 
 @check("turn.relay", startup=False)
 async def turn_relay(ctx: Context) -> Results:
-    turn = getattr(ctx.cfg, "turn", None)
-    if turn is None or not turn.enabled:
+    turn = ctx.cfg.turn
+    if not turn.enabled:
         return ok("[turn] is off: phones on networks that block UDP cannot connect "
                   "(see docs/deploy.md, coturn)")
     from signalling.turn import mint
 
-    path = _secret_path(ctx, turn)
+    path = ctx.cfg.turn_secret_path
     try:
-        secret = path.read_text().strip()
-    except OSError as exc:
-        return fail(f"cannot read the TURN secret {path} ({exc.strerror})",
+        secret = bytes.fromhex(path.read_text().strip()).hex()  # as the server reads it
+    except (OSError, ValueError) as exc:
+        return fail(f"cannot read the TURN secret {path} "
+                    f"({getattr(exc, 'strerror', None) or 'not hex'})",
                     "start madoguchi once (it creates the file) or write it, chmod 600")
     cred = mint(secret, time.time() + 120, "doctor")
     out: list[Result] = []
