@@ -69,6 +69,8 @@ class LinksConfig:
     secret_file: str = ""
     lookups_per_minute: int = 30
     reconnect_grace_minutes: float = 10.0
+    citizen_sockets: int = 2
+    citizen_offers_per_minute: int = 12
 
 
 @dataclass
@@ -130,6 +132,8 @@ class RecordingConfig:
     kek_file: str = ""
     kek_env: str = "MADOGUCHI_KEK"
     queue_packets: int = 2000
+    max_megabytes: float = 2500.0
+    min_free_megabytes: float = 1000.0
 
 
 @dataclass
@@ -325,6 +329,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("[log] format must be 'json' or 'text'")
     if cfg.links.lifetime_minutes <= 0:
         raise ConfigError("[links] lifetime_minutes must be positive")
+    if cfg.links.citizen_sockets < 1 or cfg.links.citizen_offers_per_minute < 1:
+        raise ConfigError("[links] citizen_sockets and citizen_offers_per_minute must be "
+                          "at least 1")
     if not 0 < cfg.links.signalling_token_seconds <= 300:
         raise ConfigError("[links] signalling_token_seconds must be between 1 and 300")
 

@@ -53,7 +53,7 @@ RECORDING_SEGMENTS = Counter("madoguchi_recording_segments_total",
                              "Encrypted segments written")
 # recorder/recorder.py failure_reason() and recorder/service.py use exactly these
 RECORDING_ERROR_REASONS = ("disk_full", "unwritable", "io_error", "mux", "key", "key_store",
-                           "bad_existing_recording", "internal")
+                           "bad_existing_recording", "internal", "size_limit")
 RECORDING_ERRORS = Counter("madoguchi_recording_errors_total",
                            "Recording failures (mux, encrypt, write)", ["reason"])
 RECORDING_ENCRYPT_SECONDS = Histogram(

@@ -28,6 +28,7 @@ import hashlib
 import heapq
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections import deque
@@ -159,6 +160,8 @@ class Recorder:
         self._request_ms = max(self._cut_ms, max_ms - min(250, max_ms // 8)
                                - round(POLL_SECONDS * 1000))
         self._keyframe_queued = False  # a keyframe waits in the interleaving heap
+        self._max_bytes = int(cfg.max_megabytes * 1_000_000)
+        self._min_free = int(cfg.min_free_megabytes * 1_000_000)
         self._status = IDLE
         self._status_lock = threading.Lock()
         self._accepting = False
@@ -632,11 +635,12 @@ class Recorder:
                                   plaintext, prev_sha256=self._prev_hash)
         metrics.RECORDING_ENCRYPT_SECONDS.observe(time.perf_counter() - started)
         del plaintext
+        size = len(header) + len(body)
+        self._check_room(size)
         write_atomic(self.folder / entry.file, (header, body))  # the sealed file: header+body
         sha = hashlib.sha256(header)
         sha.update(body)
         digest = sha.digest()
-        size = len(header) + len(body)
         entry.size = size
         entry.sha256 = digest.hex()
         manifest = self._manifest
@@ -651,6 +655,14 @@ class Recorder:
         metrics.RECORDING_SEGMENTS.inc()
         metrics.RECORDING_BYTES.inc(size)
         write_manifest(self.folder, self._key, manifest)
+
+    def _check_room(self, size: int) -> None:
+        """Refuse a segment past the consultation's size cap or into the free-space floor
+        (a phone sending far above the requested bitrate must not fill the disk)."""
+        if self.stats.bytes + size > self._max_bytes:
+            raise _Failure("size_limit", "the recording reached [recording] max_megabytes")
+        if shutil.disk_usage(self.folder).free - size < self._min_free:
+            raise _Failure("disk_full", "free space below [recording] min_free_megabytes")
 
     def _write_closed_state(self) -> None:
         self._manifest.state = STATE_CLOSED

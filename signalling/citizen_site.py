@@ -181,7 +181,8 @@ async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
     message = ws_object(first)
     c = None
     if message and message.get("type") == "auth" and isinstance(message.get("token"), str):
-        c = await service.check_signalling_token(message["token"])
+        c = await service.check_signalling_token(message["token"],
+                                                 request.cookies.get(DEVICE_COOKIE, ""))
     if c is None:
         await ws.send_json({"type": "error", "error": "unauthorised",
                             "message": "This session is not valid any more."})
@@ -192,7 +193,8 @@ async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
         c.times.get(LIVE), service.cfg.server.max_call_minutes * 60)
     await ws.send_json({"type": "ready", "ice_servers": ice_servers, "recording": c.recording})
     event(log, "citizen_socket_open", consultation=cid, ward=c.ward)
-    async with service.hub.citizen_subscription(cid) as queue:
+    async with service.hub.citizen_subscription(
+            cid, service.cfg.links.citizen_sockets) as queue:
         # Messages not yet acknowledged go again on every new socket (after subscribing,
         # so none falls between; the phone shows each id once).
         for message in service.outbox.pending(cid):
@@ -233,6 +235,11 @@ async def _handle_citizen(ws: web.WebSocketResponse, service: ConsultationServic
 async def _push(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
     while not ws.closed:
         message = await queue.get()
+        if message.get("type") == "replaced":  # a newer socket of the same consultation
+            await ws.send_json({"type": "error", "error": "replaced",
+                                "message": "This call continues on a newer connection."})
+            await ws.close(code=4409, message=b"replaced")
+            return
         await ws.send_json(message)
         if message.get("type") == "ended":
             await ws.close()

@@ -34,6 +34,7 @@ from signalling.linktoken import (
     token_hash,
 )
 from signalling.messages import CitizenOutbox
+from signalling.offerlimit import OfferLimiter, OfferRefused
 from signalling.phone import PhoneError, parse_phone
 from signalling.sms.interfaces import SmsError, SmsProvider
 from signalling.sms.template import render_sms
@@ -114,6 +115,7 @@ class ConsultationService:
         # Memory only: the store keeps just the token's hash.
         self._pending_links: dict[str, str] = {}
         self._rooms_wired: set[str] = set()
+        self.offers = OfferLimiter(cfg.links.citizen_offers_per_minute)
         # Monotonic instants of the latest offers, per (consultation, viewer or "" = citizen).
         self._offer_times: dict[tuple[str, str], float] = {}
         # Monotonic instant a live call's citizen dropped (cleared when it reconnects).
@@ -383,13 +385,20 @@ class ConsultationService:
             raise LinkRefused("not_consented")
         return c, self.tokens.issue(c.id, c.device_hash)
 
-    async def check_signalling_token(self, token: str) -> Consultation | None:
+    async def check_signalling_token(self, token: str, device_cookie: str
+                                     ) -> Consultation | None:
+        """The consultation a citizen socket may join: the token is valid, not used
+        before (single use), and presented by the bound device (its ``md_device``)."""
         checked = self.tokens.check(token)
-        if checked is None:
+        if checked is None or not device_cookie:
             return None
         cid, dev = checked
         c = await self.store.get_consultation(cid)
         if c is None or c.state not in (CONSENTED, LIVE) or not same_device(dev, c.device_hash):
+            return None
+        if not same_device(device_hash(device_cookie)[:16], c.device_hash):
+            return None
+        if not self.tokens.redeem(token):
             return None
         return c
 
@@ -401,7 +410,11 @@ class ConsultationService:
         self._wire_room(c, room)
         self._offer_times[(cid, "")] = time.monotonic()
         try:
-            answer = await room.connect_citizen(sdp)
+            with self.offers.offer(cid):
+                answer = await room.connect_citizen(sdp)
+        except OfferRefused as exc:
+            raise ConsultationError(exc.code, "Too many connection attempts; wait a moment.",
+                                    429) from None
         except SfuError as exc:
             raise ConsultationError("bad_offer", str(exc), 400) from None
         if c.state == LIVE:  # a new offer during the call: the phone reconnected
@@ -433,6 +446,7 @@ class ConsultationService:
             del self._offer_times[key]
         self._citizen_gone.pop(cid, None)
         self.outbox.forget(cid)
+        self.offers.forget(cid)
         if self._stop_recording is not None:
             await self._stop_recording(cid)
         if cid in self._rooms_wired:

@@ -16,7 +16,8 @@ Message = dict[str, Any]
 class Hub:
     def __init__(self, queue_size: int = 256) -> None:
         self._staff: set[asyncio.Queue[Message]] = set()
-        self._citizens: dict[str, set[asyncio.Queue[Message]]] = {}
+        # Per consultation, in the order the sockets came (a dict as an ordered set).
+        self._citizens: dict[str, dict[asyncio.Queue[Message], None]] = {}
         self._queue_size = queue_size
 
     def _put(self, queue: asyncio.Queue[Message], message: Message) -> None:
@@ -50,15 +51,23 @@ class Hub:
             self._staff.discard(queue)
 
     @contextlib.asynccontextmanager
-    async def citizen_subscription(self, consultation_id: str
+    async def citizen_subscription(self, consultation_id: str, limit: int = 0
                                    ) -> AsyncIterator[asyncio.Queue[Message]]:
+        """A queue for one citizen socket. With ``limit``, the oldest sockets of the
+        consultation beyond it are told ``{"type": "replaced"}`` (a reconnecting phone
+        wins; one link cannot hold many sockets)."""
         queue: asyncio.Queue[Message] = asyncio.Queue(self._queue_size)
-        self._citizens.setdefault(consultation_id, set()).add(queue)
+        subs = self._citizens.setdefault(consultation_id, {})
+        if limit > 0:
+            for old in list(subs)[:max(0, len(subs) - limit + 1)]:
+                self._put(old, {"type": "replaced"})
+                del subs[old]
+        subs[queue] = None
         try:
             yield queue
         finally:
-            subs = self._citizens.get(consultation_id)
-            if subs is not None:
-                subs.discard(queue)
-                if not subs:
+            left = self._citizens.get(consultation_id)
+            if left is not None:
+                left.pop(queue, None)
+                if not left:
                     del self._citizens[consultation_id]

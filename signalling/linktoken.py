@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import Any
 
 import jwt
 
@@ -61,6 +62,8 @@ class SignallingTokens:
         self._secret = secret
         self._lifetime = lifetime_seconds
         self._now = now
+        # jti -> exp of redeemed tokens (memory: one node; a token is redeemed where used)
+        self._used: dict[str, int] = {}
 
     def issue(self, consultation_id: str, device: str) -> str:
         now = int(self._now())
@@ -68,20 +71,42 @@ class SignallingTokens:
                   "exp": now + self._lifetime, "dev": device[:16], "jti": secrets.token_hex(8)}
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
+    def redeem(self, token: str) -> bool:
+        """Mark a valid token used; False when it was used before (or is invalid)."""
+        claims = self._claims(token)
+        if claims is None:
+            return False
+        jti, exp = claims.get("jti"), claims.get("exp")
+        if not isinstance(jti, str) or not isinstance(exp, int):
+            return False
+        now = self._now()
+        for old in [k for k, until in self._used.items() if until <= now]:
+            del self._used[old]  # expired tokens fail check() anyway
+        if jti in self._used:
+            return False
+        self._used[jti] = exp
+        return True
+
     def check(self, token: str) -> tuple[str, str] | None:
         """(consultation id, device prefix) or None for any invalid/expired/tampered token."""
+        claims = self._claims(token)
+        if claims is None:
+            return None
+        return str(claims["sub"]), str(claims.get("dev", ""))
+
+    def _claims(self, token: str) -> dict[str, Any] | None:
         try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"],
-                                audience=CITIZEN_AUDIENCE,
-                                options={"require": ["exp", "sub", "aud", "iat"],
-                                         "verify_exp": False, "verify_iat": False})
+            claims: dict[str, Any] = jwt.decode(
+                token, self._secret, algorithms=["HS256"], audience=CITIZEN_AUDIENCE,
+                options={"require": ["exp", "sub", "aud", "iat"], "verify_exp": False,
+                         "verify_iat": False})
         except jwt.PyJWTError:
             return None
         # Expiry is checked against the injected clock (PyJWT would use the system clock).
         now = self._now()
         if not isinstance(claims["exp"], int) or claims["exp"] <= now or claims["iat"] > now + 60:
             return None
-        return str(claims["sub"]), str(claims.get("dev", ""))
+        return claims
 
 
 def same_device(prefix: str, full_hash: str) -> bool:

@@ -97,7 +97,7 @@ async def test_consent_binds_one_device_and_end_sets_the_deadline(harness) -> No
     c = await service.create(STAFF, "090-1111-2222")
     token = token_from(sms, c.id)
     c, cookie, jwt = await service.consent(token, "")
-    assert c.state == "consented" and await service.check_signalling_token(jwt) is not None
+    assert c.state == "consented" and await service.check_signalling_token(jwt, cookie) is not None
     with pytest.raises(LinkRefused) as refused:
         await service.consent(token, "another-device")
     assert refused.value.reason == "in_use"

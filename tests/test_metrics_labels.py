@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, gener
 # Label names that only take a small fixed set of values.
 ALLOWED_LABELS = {
     "state", "ward", "kind", "reason", "role", "result", "codec", "direction", "check",
-    "provider", "status",
+    "provider", "status", "site",
     "le", "quantile",  # histogram / summary internals
 }
 # prometheus-client's own collectors (python_info, python_gc_*).

@@ -163,7 +163,9 @@ async def test_disk_full_stops_the_recording_not_the_call(mode: str, rec_vp8_cli
         statuses: list[str] = []
         key = new_data_key()
         rec = Recorder(CID, key, data_key_id(key),
-                       RecordingConfig(segment_seconds=2.0, queue_packets=100_000), mount,
+                       # no free-space floor: this test is about the OS's own ENOSPC
+                       RecordingConfig(segment_seconds=2.0, queue_packets=100_000,
+                                       min_free_megabytes=0), mount,
                        on_status=statuses.append)
         packets = forwarded_packets(rec_vp8_clip, repeat=8)
         if mode == "thread":
@@ -210,7 +212,7 @@ def _disk_full_with_rlimit(clip: EncodedClip, tmp_path: Path) -> None:
         key = new_data_key()
         statuses = []
         rec = Recorder("{CID}", key, data_key_id(key), RecordingConfig(segment_seconds=2.0,
-                       queue_packets=100_000), Path({str(tmp_path / "rec")!r}),
+                       queue_packets=100_000, min_free_megabytes=0), Path({str(tmp_path / "rec")!r}),
                        on_status=statuses.append)
         rec.start()
         for i, p in enumerate(pickle.loads(Path({str(packets_file)!r}).read_bytes())):

@@ -8,6 +8,8 @@ candidate filter, finding 12 with the start-up checks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import ssl
 import time
 from collections.abc import Iterator
@@ -18,17 +20,32 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from madoguchi.bench.media import Clip, citizen_client
 from madoguchi.certs import DevCerts
 from madoguchi.clock import ManualClock
 from madoguchi.config import AuthConfig
+from recorder.layout import segment_files
 from signalling.auth import Authenticator
 from signalling.store.sqlite import SqliteStore
 from tests.fixtures.certs import Pki
 from tests.fixtures.ports import stop_process
 from tests.fixtures.server import FIRST_PASSWORD, ServerHandle, StaffClient, start_server
 from tests.test_auth import add_account, logged_in
+from tests.test_signalling_api import Citizen, create, receive, token_of
 
 # ---------------------------------------------------------------------------- helpers
+
+
+async def receive_any(ws: aiohttp.ClientWebSocketResponse, kinds: tuple[str, ...],
+                      timeout: float = 20) -> dict[str, Any]:
+    async def loop() -> dict[str, Any]:
+        while True:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.TEXT, f"socket closed: {msg.type}"
+            data = json.loads(msg.data)
+            if data.get("type") in kinds:
+                return data  # type: ignore[no-any-return]
+    return await asyncio.wait_for(loop(), timeout)
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +265,102 @@ async def test_f4_half_sent_headers_are_closed_and_capped(server_factory: Any) -
         refused = float(metrics.split(line, 1)[1].split()[0])
         # 4 unless the first ones already hit their deadline while the last ones opened
         assert 1 <= refused <= 4, (site, refused)
+
+
+# ---------------------------------------------------------------------------- f9
+
+
+async def test_f9_citizen_socket_needs_the_device_cookie_and_a_fresh_token(
+        madoguchi_server: ServerHandle) -> None:
+    server = madoguchi_server
+    async with StaffClient(server) as staff:
+        await staff.login()
+        c = await create(staff, "090-2020-0909")
+    phone, stranger = Citizen(server), Citizen(server)
+    try:
+        status, consent = await phone.post("/api/citizen/consent",
+                                           {"token": token_of(c["link"])})
+        assert status == 200
+        jwt = consent["signalling_token"]
+        # Another browser (no md_device cookie) with the token: refused.
+        ws = await stranger.socket(jwt)
+        assert (await receive(ws, "error"))["error"] == "unauthorised"
+        # The bound phone: accepted once ...
+        ws = await phone.socket(jwt)
+        await receive(ws, "ready")
+        await ws.close()
+        # ... and never again with the same token, even on the same device.
+        ws = await phone.socket(jwt)
+        assert (await receive(ws, "error"))["error"] == "unauthorised"
+        # A fresh token from /reconnect works.
+        _, again = await phone.post("/api/citizen/reconnect", {"token": token_of(c["link"])})
+        ws = await phone.socket(again["signalling_token"])
+        await receive(ws, "ready")
+        await ws.close()
+    finally:
+        await phone.close()
+        await stranger.close()
+
+
+# ---------------------------------------------------------------------------- f5
+
+
+async def test_f5_one_link_cannot_exhaust_sockets_offers_or_disk(
+        server_factory: Any, vp8_clip: Clip) -> None:
+    server = server_factory({"links": {"citizen_sockets": 2, "citizen_offers_per_minute": 3},
+                             "recording": {"max_megabytes": 0.3}}, name="citizen-caps")
+    phone = Citizen(server)
+    citizen = citizen_client(vp8_clip)
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    try:
+        async with StaffClient(server) as staff:
+            await staff.login()
+            c = await create(staff, "090-5555-0505")
+            link = token_of(c["link"])
+            # Ten sockets of one consultation: at most two stay open.
+            for _ in range(10):
+                _, grant = await phone.post("/api/citizen/reconnect"
+                                            if sockets else "/api/citizen/consent",
+                                            {"token": link})
+                ws = await phone.socket(grant["signalling_token"])
+                await receive(ws, "ready")
+                sockets.append(ws)
+
+            async def closed(ws: aiohttp.ClientWebSocketResponse) -> bool:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    while not ws.closed:
+                        await ws.receive(timeout=5)
+                return ws.closed
+
+            assert [await closed(ws) for ws in sockets[:8]] == [True] * 8
+            ws = sockets[-1]
+            await ws.send_json({"type": "ping"})
+            await receive(ws, "pong")
+            # A real aiortc citizen peer's offer, sent five times: three answers a minute.
+            sdp = await citizen.offer()
+            replies = []
+            for _ in range(5):
+                await ws.send_json({"type": "offer", "sdp": sdp})
+                replies.append(await receive_any(ws, ("answer", "error")))
+            assert [r.get("error", r["type"]) for r in replies] == \
+                ["answer"] * 3 + ["too_many_offers"] * 2
+            # The last answered peer is the call: media flows and is recorded, up to the
+            # size cap, then the recording stops (the call goes on).
+            await citizen.accept(replies[2]["sdp"])
+            await asyncio.wait_for(citizen.connected.wait(), 15)
+            deadline = time.monotonic() + 60
+            while (await staff.get(f"/api/consultations/{c['id']}"))["recording_status"] \
+                    != "failed":
+                assert time.monotonic() < deadline, "the recording never hit its cap"
+                await asyncio.sleep(0.2)
+            folder = server.data_dir / "recordings" / c["id"]
+            written = sum(p.stat().st_size for p in segment_files(folder).values())
+            assert 0 < written <= 300_000
+            assert (await staff.get(f"/api/consultations/{c['id']}"))["state"] == "live"
+        assert 'madoguchi_recording_errors_total{reason="size_limit"} 1.0' \
+            in server.metrics_text()
+    finally:
+        for ws in sockets:
+            await ws.close()
+        await citizen.close()
+        await phone.close()
