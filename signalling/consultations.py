@@ -113,7 +113,9 @@ class ConsultationService:
         self._stop_recording = stop_recording
         # The link of a consultation not yet opened, so staff can read it out by phone.
         # Memory only: the store keeps just the token's hash.
-        self._pending_links: dict[str, str] = {}
+        # (token, username of the staff member who made it): the link is a bearer
+        # credential, shown to that account only, not to the whole ward.
+        self._pending_links: dict[str, tuple[str, str]] = {}
         self._rooms_wired: set[str] = set()
         self.offers = OfferLimiter(cfg.links.citizen_offers_per_minute)
         # Monotonic instants of the latest offers, per (consultation, viewer or "" = citizen).
@@ -136,8 +138,9 @@ class ConsultationService:
     def visible_to(self, actor: Actor, c: Consultation) -> bool:
         return actor.is_admin or c.ward == actor.ward
 
-    def view(self, c: Consultation) -> dict[str, Any]:
-        """The staff API representation: never the full phone number."""
+    def view(self, c: Consultation, actor: Actor | None = None) -> dict[str, Any]:
+        """The staff API representation for ``actor``: never the full phone number; the
+        pending link only for the account that made it."""
         out = {
             "id": c.id, "ward": c.ward, "state": c.state, "phone_masked": c.phone_masked,
             "created_at": c.created_at, "times": c.times, "sms_status": c.sms_status,
@@ -145,8 +148,9 @@ class ConsultationService:
             "recording_status": c.recording_status, "deadline": c.deadline,
             "end_reason": c.end_reason, "staff_id": c.staff_id,
         }
-        token = self._pending_links.get(c.id)
-        if token and c.state in (CREATED, SMS_SENT):
+        token, maker = self._pending_links.get(c.id, ("", ""))
+        if token and actor is not None and actor.username == maker \
+                and c.state in (CREATED, SMS_SENT):
             out["link"] = self.link_url(token)
         return out
 
@@ -208,7 +212,7 @@ class ConsultationService:
             pseudonym=secrets.token_hex(8),  # the audit log's name for it (see audit.py)
         )
         await self.store.create_consultation(c)
-        self._pending_links[c.id] = token
+        self._pending_links[c.id] = (token, actor.username)
         metrics.CONSULTATIONS_CREATED.labels(ward=c.ward).inc()
         event(log, "consultation_created", consultation=c.id, ward=c.ward, staff=actor.username)
         self._audit("create_consultation", actor, c)
@@ -256,7 +260,7 @@ class ConsultationService:
             cid, changes, expect_states=(CREATED, SMS_SENT, EXPIRED, FAILED))
         if updated is None:
             raise ConsultationError("not_resendable", "The consultation changed; try again.", 409)
-        self._pending_links[cid] = token
+        self._pending_links[cid] = (token, actor.username)
         self._audit("resend_link", actor, updated)
         return await self._send_sms(updated, token, e164)
 
@@ -269,7 +273,15 @@ class ConsultationService:
         self._audit("revoke_link", actor, c)
         if updated is None:
             updated = await self.store.update_consultation(cid, {"link_hash": ""}) or c
+        else:
+            await self._closed_before_live(cid, "revoked")
         return updated
+
+    async def _closed_before_live(self, cid: str, reason: str) -> None:
+        """A consented consultation that will not go live (revoked, expired): the phone's
+        socket is told and closed, and its room, peer and recorder go."""
+        self.hub.to_citizen(cid, {"type": "ended", "reason": reason})
+        await self._close_room(cid)
 
     async def sms_report(self, reference: str, status: str) -> None:
         """A delivery report from the SMS gateway (reference = "<consultation id>.<send>")."""
@@ -457,7 +469,7 @@ class ConsultationService:
         self._pending_links.pop(c.id, None)
         if await self._transition(c.id, EXPIRED, link_hash="",
                                   deadline=min(c.deadline, self.clock.now() + self.period)):
-            await self._close_room(c.id)
+            await self._closed_before_live(c.id, "expired")
 
     async def expire_due(self) -> int:
         """Housekeeping, every few seconds: expire links past their lifetime (so staff lists

@@ -118,8 +118,9 @@ async def api_password(request: web.Request) -> web.Response:
 
 async def api_list(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    items = await service.list_for(_actor(request))
-    return web.json_response({"items": [service.view(c) for c in items]})
+    actor = _actor(request)
+    items = await service.list_for(actor)
+    return web.json_response({"items": [service.view(c, actor) for c in items]})
 
 
 async def api_create(request: web.Request) -> web.Response:
@@ -130,7 +131,7 @@ async def api_create(request: web.Request) -> web.Response:
         c = await service.create(_actor(request), phone)
     except ConsultationError as exc:
         return _consultation_error(exc)
-    return web.json_response(service.view(c), status=201)
+    return web.json_response(service.view(c, _actor(request)), status=201)
 
 
 def _consultation_action(method: str) -> Any:
@@ -142,7 +143,7 @@ def _consultation_action(method: str) -> Any:
             c = await getattr(service, method)(_actor(request), request.match_info["cid"])
         except ConsultationError as exc:
             return _consultation_error(exc)
-        return web.json_response(service.view(c))
+        return web.json_response(service.view(c, _actor(request)))
 
     handler.__name__ = f"api_{method}"
     return handler
@@ -250,7 +251,8 @@ async def _handle_staff(ws: web.WebSocketResponse, service: ConsultationService,
 async def _send_list(ws: web.WebSocketResponse, service: ConsultationService,
                      actor: Actor) -> None:
     items = await service.list_for(actor)
-    await ws.send_json({"type": "consultations", "items": [service.view(c) for c in items]})
+    await ws.send_json({"type": "consultations",
+                        "items": [service.view(c, actor) for c in items]})
 
 
 async def _push(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]],

@@ -86,7 +86,7 @@ async def test_gateway_failure_loses_nothing_and_retry_works(harness) -> None:
     sms.fail_next(SmsError("gateway_unavailable", "The SMS gateway is not reachable."))
     c = await service.create(STAFF, "+81 80 1234 5678")
     assert c.state == "created" and c.sms_status == "failed" and c.sms_error
-    view = service.view(c)
+    view = service.view(c, STAFF)
     assert view["link"].startswith("https://") and view["phone_masked"] == "080-****-5678"
     again = await service.resend(STAFF, c.id)
     assert again.state == "sms_sent" and again.sms_status == "sent"

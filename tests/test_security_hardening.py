@@ -30,7 +30,9 @@ from signalling.store.sqlite import SqliteStore
 from tests.fixtures.certs import Pki
 from tests.fixtures.ports import stop_process
 from tests.fixtures.server import FIRST_PASSWORD, ServerHandle, StaffClient, start_server
+from tests.fixtures.wait import wait_until
 from tests.test_auth import add_account, logged_in
+from tests.test_security_routes import staff_login
 from tests.test_signalling_api import Citizen, create, receive, token_of
 
 # ---------------------------------------------------------------------------- helpers
@@ -362,5 +364,76 @@ async def test_f5_one_link_cannot_exhaust_sockets_offers_or_disk(
     finally:
         for ws in sockets:
             await ws.close()
+        await citizen.close()
+        await phone.close()
+
+
+# ---------------------------------------------------------------------------- f8
+
+
+async def test_f8_pending_link_goes_only_to_its_creator(madoguchi_server: ServerHandle) -> None:
+    server = madoguchi_server
+    for name in ("f8-maker", "f8-colleague"):
+        add_staff(server, name)
+    maker = await staff_login(server, "f8-maker")
+    colleague = await staff_login(server, "f8-colleague")
+    admin = StaffClient(server)
+    await admin.__aenter__()
+    try:
+        await admin.login()
+        c = await create(maker, "090-8888-0808")
+        assert "link" in c
+        token_of(c["link"])  # registered as a secret: the logs must never hold it
+        assert "link" in await maker.get(f"/api/consultations/{c['id']}")
+        for other in (colleague, admin):  # same ward; an admin sees every ward
+            assert "link" not in await other.get(f"/api/consultations/{c['id']}")
+            listed = [i for i in (await other.get("/api/consultations"))["items"]
+                      if i["id"] == c["id"]]
+            assert listed and "link" not in listed[0]
+            assert other.session is not None
+            ws = await other.session.ws_connect(
+                server.staff_url.replace("https", "wss") + "/ws/staff",
+                headers={"Origin": server.staff_url})
+            pushed = await receive(ws, "consultations")
+            await ws.close()
+            mine = [i for i in pushed["items"] if i["id"] == c["id"]]
+            assert mine and "link" not in mine[0]
+    finally:
+        for client in (maker, colleague, admin):
+            await client.__aexit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------- f10
+
+
+async def test_f10_revoking_a_consented_link_closes_its_room_and_tells_the_phone(
+        madoguchi_server: ServerHandle, vp8_clip: Clip) -> None:
+    server = madoguchi_server
+
+    def citizen_peers() -> float:
+        line = 'madoguchi_sfu_active_peers{role="citizen"} '
+        return float(server.metrics_text().split(line, 1)[1].split()[0])
+
+    phone = Citizen(server)
+    citizen = citizen_client(vp8_clip)
+    try:
+        async with StaffClient(server) as staff:
+            await staff.login()
+            c = await create(staff, "090-1010-1010")
+            before = citizen_peers()
+            _, consent = await phone.post("/api/citizen/consent",
+                                          {"token": token_of(c["link"])})
+            ws = await phone.socket(consent["signalling_token"])
+            await receive(ws, "ready")
+            await ws.send_json({"type": "offer", "sdp": await citizen.offer()})
+            await receive(ws, "answer")  # a server peer now exists (ICE not started)
+            await wait_until(lambda: citizen_peers() == before + 1, what="the citizen peer")
+            revoked = await staff.post(f"/api/consultations/{c['id']}/revoke")
+            assert revoked["state"] == "expired"
+            assert (await receive(ws, "ended"))["reason"] == "revoked"
+            msg = await ws.receive(timeout=10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            await wait_until(lambda: citizen_peers() == before, what="the peer closed")
+    finally:
         await citizen.close()
         await phone.close()
