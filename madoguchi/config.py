@@ -70,6 +70,7 @@ class LinksConfig:
     lookups_per_minute: int = 30
     reconnect_grace_minutes: float = 10.0
     citizen_sockets: int = 2
+    limiter_max_addresses: int = 10000
     citizen_offers_per_minute: int = 12
 
 

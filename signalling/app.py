@@ -128,7 +128,8 @@ class Server:
     def citizen_app(self) -> web.Application:
         app = self._base_app("citizen", [])
         app[citizen_site.SERVICE] = self.service
-        app[citizen_site.LIMITER] = citizen_site.AddressRateLimiter(self.cfg.links.lookups_per_minute)
+        app[citizen_site.LIMITER] = citizen_site.AddressRateLimiter(
+            self.cfg.links.lookups_per_minute, self.cfg.links.limiter_max_addresses)
         citizen_site.add_routes(app)
         return app
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import deque
 from typing import Any
 
 from aiohttp import web
 
 from madoguchi import metrics
 from madoguchi.logs import event
+from signalling.addresslimit import AddressRateLimiter
 from signalling.consultations import ConsultationError, ConsultationService, LinkRefused
 from signalling.httputil import (
     ICE_SERVERS,
@@ -37,38 +36,6 @@ log = logging.getLogger(__name__)
 DEVICE_COOKIE = "md_device"
 SERVICE = web.AppKey("service", ConsultationService)
 AUTH_TIMEOUT = 10.0
-
-
-class AddressRateLimiter:
-    """Sliding-window limit of *failed* link lookups per client address.
-
-    Scanners fail almost every lookup, citizens almost never; counting failures only
-    keeps phones behind one carrier-grade NAT address usable. Once an address is over
-    the limit, every lookup from it is refused before any hashing or store access.
-    """
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._failures: dict[str, deque[float]] = {}
-
-    def _window(self, address: str) -> deque[float]:
-        now = time.monotonic()
-        hits = self._failures.setdefault(address, deque())
-        while hits and hits[0] <= now - 60:
-            hits.popleft()
-        return hits
-
-    def blocked(self, address: str) -> bool:
-        blocked = len(self._window(address)) >= self.per_minute
-        if not blocked and not self._failures.get(address):
-            self._failures.pop(address, None)
-        return blocked
-
-    def failed(self, address: str) -> None:
-        self._window(address).append(time.monotonic())
-        if len(self._failures) > 10_000:  # bound memory under a scan from many addresses
-            for key in [k for k, v in self._failures.items() if not v]:
-                del self._failures[key]
 
 
 LIMITER = web.AppKey("limiter", AddressRateLimiter)

@@ -25,6 +25,7 @@ from madoguchi.certs import DevCerts
 from madoguchi.clock import ManualClock
 from madoguchi.config import AuthConfig
 from recorder.layout import segment_files
+from signalling.addresslimit import AddressRateLimiter
 from signalling.auth import Authenticator
 from signalling.store.sqlite import SqliteStore
 from tests.fixtures.certs import Pki
@@ -437,3 +438,27 @@ async def test_f10_revoking_a_consented_link_closes_its_room_and_tells_the_phone
     finally:
         await citizen.close()
         await phone.close()
+
+
+# ---------------------------------------------------------------------------- f6
+
+
+def test_f6_lookup_limiter_memory_is_bounded() -> None:
+    """A scanner from many addresses (or one IPv6 /64 with rotating interface ids) must
+    not grow the failed-lookup table without bound."""
+    clock = [0.0]
+    limiter = AddressRateLimiter(3, max_addresses=1000, now=lambda: clock[0])
+    for i in range(20_000):  # documentation/benchmark ranges: strings only, never contacted
+        limiter.failed(f"198.18.{i >> 8 & 255}.{i & 255}")
+        limiter.failed(f"2001:db8:{i:x}::1")
+    assert len(limiter) <= 1000
+    # One /64 is one subscriber: rotating the low 64 bits buys nothing.
+    for i in range(3):
+        limiter.failed(f"2001:db8:ffff:1:{i:x}::1")
+    assert limiter.blocked("2001:db8:ffff:1:abcd::99")
+    assert not limiter.blocked("2001:db8:ffff:2::1")
+    # Entries go once their last failure is older than the window.
+    clock[0] += 61
+    assert not limiter.blocked("2001:db8:ffff:1:abcd::99")
+    limiter.failed("198.51.100.7")
+    assert len(limiter) == 1
