@@ -99,6 +99,14 @@ def _read_crl(tls: TlsConfig) -> tuple[bytes, set[str], x509.CertificateRevocati
     return data, serials, crl
 
 
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    """The CRL's CRLNumber (-1 without one: any numbered CRL is newer)."""
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return -1
+
+
 class _Revocation:
     """The revoked serials in force, shared by every staff context of one listener."""
 
@@ -172,8 +180,9 @@ class CrlReloader:
         self.tls = _tls(cfg)
         self.context = context
         self.interval = float(interval if interval is not None else self.tls.crl_reload_seconds)
-        crl_pem, serials, _crl = _read_crl(self.tls)
+        crl_pem, serials, crl = _read_crl(self.tls)
         self._digest = hashlib.sha256(crl_pem).digest()
+        self._number = crl_number(crl)
         self._stat = self._file_stat()
         self._current = context
         self._revocation: _Revocation = getattr(context, _REVOCATION_ATTR, None) \
@@ -220,6 +229,13 @@ class CrlReloader:
         digest = hashlib.sha256(crl_pem).digest()
         if digest == self._digest and not force:
             return False
+        number = crl_number(crl)
+        if digest != self._digest and number <= self._number:
+            # An older CRL put back (by mistake or to undo a revocation): keep ours.
+            metrics.STAFF_CRL_RELOADS.labels(result="refused").inc()
+            event(log, "staff_crl_refused", logging.ERROR, reason="rollback",
+                  detail=f"CRLNumber {number} is not above {self._number} in force")
+            return False
         try:
             fresh = _verify_context(self.tls, crl_pem)
         except (OSError, ssl.SSLError, TlsSetupError) as exc:
@@ -230,6 +246,7 @@ class CrlReloader:
         self._revocation.serials = frozenset(serials)
         self._current = fresh
         self._digest = digest
+        self._number = number
         self.generation += 1
         metrics.STAFF_CRL_RELOADS.labels(result="loaded").inc()
         metrics.STAFF_CRL_REVOKED.set(len(serials))

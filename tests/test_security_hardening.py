@@ -28,7 +28,8 @@ from recorder.layout import segment_files
 from signalling.addresslimit import AddressRateLimiter
 from signalling.auth import Authenticator
 from signalling.store.sqlite import SqliteStore
-from tests.fixtures.certs import Pki
+from signalling.tls import CrlReloader, staff_ssl_context
+from tests.fixtures.certs import Pki, raw_get, refused, serve_tls
 from tests.fixtures.ports import stop_process
 from tests.fixtures.server import FIRST_PASSWORD, ServerHandle, StaffClient, start_server
 from tests.fixtures.wait import wait_until
@@ -462,3 +463,32 @@ def test_f6_lookup_limiter_memory_is_bounded() -> None:
     assert not limiter.blocked("2001:db8:ffff:1:abcd::99")
     limiter.failed("198.51.100.7")
     assert len(limiter) == 1
+
+
+# ---------------------------------------------------------------------------- f14
+
+
+async def test_f14_an_older_crl_put_back_does_not_undo_a_revocation(fresh_pki: Pki) -> None:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    tls = fresh_pki.tls_config()
+    ctx = staff_ssl_context(tls)
+    reloader = CrlReloader(tls, ctx)
+    runner, port = await serve_tls(app, ctx)
+    crl_path = fresh_pki.dev.staff_crl
+    before = crl_path.read_bytes()  # validly signed, without the revocation below
+    try:
+        assert not refused(await raw_get(port, fresh_pki.client_context(fresh_pki.second)))
+        fresh_pki.staff_ca.revoke(fresh_pki.second.serial)
+        assert reloader.reload() is True
+        assert refused(await raw_get(port, fresh_pki.client_context(fresh_pki.second)))
+        crl_path.write_bytes(before)  # the rollback
+        assert reloader.reload() is False
+        assert reloader.is_revoked(fresh_pki.second.serial)
+        assert refused(await raw_get(port, fresh_pki.client_context(fresh_pki.second)))
+        assert not refused(await raw_get(port, fresh_pki.client_context(fresh_pki.valid)))
+    finally:
+        await runner.cleanup()  # type: ignore[attr-defined]
