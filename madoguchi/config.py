@@ -77,6 +77,7 @@ class LinksConfig:
 @dataclass
 class PhoneConfig:
     region: str = "JP"
+    allowed_regions: list[str] = field(default_factory=lambda: ["JP"])
 
 
 @dataclass
@@ -91,6 +92,8 @@ class SmsConfig:
     dlr_secret_file: str = ""
     timeout_seconds: float = 5.0
     retries: int = 2
+    per_staff_per_hour: int = 30
+    per_ward_per_day: int = 300
 
 
 @dataclass

@@ -38,6 +38,7 @@ from signalling.offerlimit import OfferLimiter, OfferRefused
 from signalling.phone import PhoneError, parse_phone
 from signalling.sms.interfaces import SmsError, SmsProvider
 from signalling.sms.template import render_sms
+from signalling.smsquota import QuotaExceeded, SmsQuota
 from signalling.store.interfaces import (
     CONSENTED,
     CREATED,
@@ -118,6 +119,7 @@ class ConsultationService:
         self._pending_links: dict[str, tuple[str, str]] = {}
         self._rooms_wired: set[str] = set()
         self.offers = OfferLimiter(cfg.links.citizen_offers_per_minute)
+        self.sms_quota = SmsQuota(cfg.sms.per_staff_per_hour, cfg.sms.per_ward_per_day)
         # Monotonic instants of the latest offers, per (consultation, viewer or "" = citizen).
         self._offer_times: dict[tuple[str, str], float] = {}
         # Monotonic instant a live call's citizen dropped (cleared when it reconnects).
@@ -192,11 +194,13 @@ class ConsultationService:
 
     async def create(self, actor: Actor, phone_text: str) -> Consultation:
         try:
-            phone = parse_phone(phone_text, self.cfg.phone.region)
+            phone = parse_phone(phone_text, self.cfg.phone.region,
+                                allowed_regions=self.cfg.phone.allowed_regions)
         except PhoneError as exc:
             raise ConsultationError(exc.code, exc.message, 400) from None
         if actor.is_admin and not actor.ward:
             raise ConsultationError("no_ward", "This account belongs to no ward.", 400)
+        self._take_sms_quota(actor)
         now = self.clock.now()
         token = new_link_token()
         c = Consultation(
@@ -247,6 +251,7 @@ class ConsultationService:
         if c.state not in (CREATED, SMS_SENT, EXPIRED, FAILED) or c.device_hash:
             raise ConsultationError("not_resendable",
                                     "The link is already in use; it cannot be resent.", 409)
+        self._take_sms_quota(actor)
         e164 = self.phone_cipher.decrypt(c.phone_enc)
         now = self.clock.now()
         token = new_link_token()
@@ -263,6 +268,16 @@ class ConsultationService:
         self._pending_links[cid] = (token, actor.username)
         self._audit("resend_link", actor, updated)
         return await self._send_sms(updated, token, e164)
+
+    def _take_sms_quota(self, actor: Actor) -> None:
+        try:
+            self.sms_quota.take(actor.username, actor.ward)
+        except QuotaExceeded as exc:
+            event(log, "sms_quota_exceeded", logging.WARNING, staff=actor.username,
+                  ward=actor.ward, scope=exc.scope)
+            per = "hour (this account)" if exc.scope == "staff" else "day (this ward)"
+            raise ConsultationError("sms_quota", f"Too many SMS links this {per}; "
+                                    "please try again later.", 429) from None
 
     async def revoke(self, actor: Actor, cid: str) -> Consultation:
         c = await self._get_visible(actor, cid)

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,13 @@ NOT_MOBILE_MESSAGE = ("携帯電話の番号ではありません。固定電話
                       "mobile number: landlines cannot receive SMS. Enter a mobile number "
                       "(070, 080, 090 …).")
 
+FOREIGN_MESSAGE = ("この国の電話番号にはSMSを送れません（設定 [phone] allowed_regions）。 / SMS "
+                   "cannot be sent to numbers of this country ([phone] allowed_regions).")
+
 
 class PhoneError(ValueError):
-    """A refused phone number. ``code`` is ``invalid_phone`` or ``not_mobile``; the message
+    """A refused phone number. ``code`` is ``invalid_phone``, ``not_mobile`` or
+    ``foreign_phone``; the message
     is bilingual, shown to staff as is, and never contains the number."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -90,8 +94,11 @@ def _normalise(text: str) -> str:
     return text.strip()
 
 
-def parse_phone(text: str, region: str = "JP", *, require_mobile: bool = True) -> PhoneNumber:
-    """Parse a number as staff typed it; raise :class:`PhoneError` when it is refused."""
+def parse_phone(text: str, region: str = "JP", *, require_mobile: bool = True,
+                allowed_regions: Sequence[str] = ()) -> PhoneNumber:
+    """Parse a number as staff typed it; raise :class:`PhoneError` when it is refused.
+    ``allowed_regions`` (ISO codes; empty: any) refuses other countries' numbers with
+    ``foreign_phone``."""
     if not isinstance(text, str):
         raise PhoneError("invalid_phone", INVALID_MESSAGE)
     cleaned = _normalise(text)
@@ -106,6 +113,9 @@ def parse_phone(text: str, region: str = "JP", *, require_mobile: bool = True) -
         raise PhoneError("invalid_phone", INVALID_MESSAGE) from None
     if number.extension or not phonenumbers.is_valid_number(number):
         raise PhoneError("invalid_phone", INVALID_MESSAGE)
+    if allowed_regions and (phonenumbers.region_code_for_number(number) or "") not in \
+            {r.upper() for r in allowed_regions}:
+        raise PhoneError("foreign_phone", FOREIGN_MESSAGE)
     ntype = phonenumbers.number_type(number)
     if require_mobile and ntype not in MOBILE_TYPES:
         raise PhoneError("not_mobile", NOT_MOBILE_MESSAGE)

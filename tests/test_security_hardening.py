@@ -55,10 +55,12 @@ async def receive_any(ws: aiohttp.ClientWebSocketResponse, kinds: tuple[str, ...
 @pytest.fixture(scope="module")
 def guess_server(tmp_path_factory: pytest.TempPathFactory, dev_certs: DevCerts
                  ) -> Iterator[ServerHandle]:
-    """A server of its own for the lockout tests: they fail many logins from one
-    certificate, which the shared server's per-certificate limit would count."""
-    handle = start_server(tmp_path_factory.mktemp("guess"), dev_certs,
-                          {"auth": {"cert_failures_per_minute": 1000}}, name="guess")
+    """A server of its own for the lockout and quota tests: they fail many logins from
+    one certificate (the shared server's per-certificate limit would count them) and
+    need small SMS quotas."""
+    handle = start_server(tmp_path_factory.mktemp("guess"), dev_certs, {
+        "auth": {"cert_failures_per_minute": 1000},
+        "sms": {"per_staff_per_hour": 3, "per_ward_per_day": 5}}, name="guess")
     yield handle
     stop_process(handle.proc, timeout=15)
 
@@ -492,3 +494,35 @@ async def test_f14_an_older_crl_put_back_does_not_undo_a_revocation(fresh_pki: P
         assert not refused(await raw_get(port, fresh_pki.client_context(fresh_pki.valid)))
     finally:
         await runner.cleanup()  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------- f11
+
+
+async def test_f11_sms_only_to_japan_and_within_quotas(guess_server: ServerHandle) -> None:
+    server = guess_server
+    add_staff(server, "f11-colleague")
+    admin = StaffClient(server)
+    await admin.__aenter__()
+    colleague = await staff_login(server, "f11-colleague")
+    try:
+        await admin.login()
+        for foreign in ("+44 7911 123456", "+7 912 345-67-89", "+1 650 253 0000"):
+            status, body = await admin.post("/api/consultations", {"phone": foreign},
+                                            check=False)
+            assert (status, body["error"]) == (400, "foreign_phone"), foreign
+        made = [await create(admin, f"090-1100-000{i}") for i in range(3)]  # 3 an hour
+        status, body = await admin.post("/api/consultations", {"phone": "090-1100-0009"},
+                                        check=False)
+        assert (status, body["error"]) == (429, "sms_quota")
+        status, body = await admin.post(f"/api/consultations/{made[0]['id']}/resend",
+                                        check=False)
+        assert (status, body["error"]) == (429, "sms_quota")  # a resend is an SMS too
+        await create(colleague, "090-1100-0010")  # the ward's 4th and 5th of the day
+        await create(colleague, "090-1100-0011")
+        status, body = await colleague.post("/api/consultations", {"phone": "090-1100-0012"},
+                                            check=False)
+        assert (status, body["error"]) == (429, "sms_quota")
+    finally:
+        await admin.__aexit__(None, None, None)
+        await colleague.__aexit__(None, None, None)
