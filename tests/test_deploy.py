@@ -1,0 +1,347 @@
+"""docs/deploy.md executed (issue 18): the blocks marked ``<!-- test: NAME -->`` run in
+bash, as root, with the guide's variables pointed at a temporary root and a throw-away
+system user: user, folders, staff CA, the certificate hook, key, secrets, configuration,
+doctor, first account. Then ``madoguchi serve`` runs as that user with that configuration
+(loopback ports through MADOGUCHI_* variables) and one whole consultation goes through it:
+staff login with the issued office-PC certificate, SMS through the real Kannel, a citizen
+with media, a recording on disk, the end; then ``retention --once`` under the kernel's
+write-xor-execute rule (PR_SET_MDWE: what ``MemoryDenyWriteExecute=yes`` asks of systemd
+for madoguchi-retention.service). The service user's ``madoguchi`` is the suite's packages
+on Debian's /usr/bin/python3, production's interpreter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import ssl
+import stat
+import subprocess
+import sysconfig
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from madoguchi.bench.media import Clip, citizen_client, staff_client
+from madoguchi.certs import DevCerts
+from recorder.layout import segment_files
+from tests.fixtures.kannel import Kannel
+from tests.fixtures.ports import free_port, stop_process, wait_for
+from tests.fixtures.production import ProductionSite
+from tests.fixtures.server import ServerHandle, StaffClient
+from tests.fixtures.wait import wait_until
+from tests.test_consultation_media import join_call
+from tests.test_signalling_api import Citizen, create, receive
+
+REPO = Path(__file__).resolve().parents[1]
+GUIDE = REPO / "docs" / "deploy.md"
+DEBIAN_PYTHON = "/usr/bin/python3"
+PR_SET_MDWE, MDWE_REFUSE_EXEC_GAIN = 65, 1
+STEPS = ("user", "folders", "kek", "secrets", "config", "certificate-hook", "staff-ca",
+         "doctor", "first-account")
+
+
+def guide_block(name: str) -> str:
+    found = re.search(rf"<!-- test: {re.escape(name)} -->\n```sh\n(.*?)```", GUIDE.read_text(),
+                      re.S)
+    assert found, f"docs/deploy.md has no block marked <!-- test: {name} -->"
+    return found.group(1)
+
+
+def test_guide_has_every_step_and_its_alert_links_work() -> None:
+    for name in ("variables", *STEPS):
+        guide_block(name)
+    readme = (REPO / "README.md").read_text()
+    alerts = set(re.findall(r"alert: (\w+)", (REPO / "config/prometheus/alerts.yml").read_text()))
+    linked = re.findall(r"\[(\w+)\]\(\.\./README\.md#(\w+)\)", GUIDE.read_text())
+    assert len(linked) >= 10
+    for alert, anchor in linked:
+        assert alert in alerts and anchor == alert.lower(), alert
+        assert f"#### {alert}\n" in readme, alert
+    assert "### Alerts: what they mean and what to do" in readme
+
+
+def _mdwe_supported() -> bool:
+    """Asked in a child: the rule cannot be lifted from the process that sets it."""
+    code = (f"import ctypes, sys; sys.exit(ctypes.CDLL(None).prctl({PR_SET_MDWE}, "
+            f"{MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0)")
+    return subprocess.run([DEBIAN_PYTHON, "-c", code], timeout=30).returncode == 0
+
+
+@dataclasses.dataclass
+class Deployment:
+    root: Path
+    user: str
+    site: ProductionSite
+    env: dict[str, str]
+    kannel: Kannel
+    mdwe: bool = False
+
+    @property
+    def variables(self) -> str:
+        return "".join(f'{k}="{v}"\n' for k, v in self.paths.items())
+
+    @property
+    def paths(self) -> dict[str, str]:
+        return {"SVC": self.user, "APP": str(self.root / "opt/madoguchi"),
+                "ETC": str(self.root / "etc/madoguchi"),
+                "DATA": str(self.root / "var/lib/madoguchi"), "NAME": self.site.host,
+                "LIVE": str(self.root / "letsencrypt/live" / self.site.host)}
+
+    def path(self, name: str) -> Path:
+        return Path(self.paths[name])
+
+    def step(self, name: str) -> subprocess.CompletedProcess[str]:
+        script = "set -euo pipefail\n" + self.variables + guide_block(name)
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              env=self.env, timeout=120)
+        assert done.returncode == 0, f"step {name}:\n{done.stdout}\n{done.stderr}"
+        return done
+
+
+def _install_app(app: Path) -> bool:
+    """``$APP/.venv/bin/madoguchi``: this checkout and the suite's packages on Debian's
+    interpreter; with MDG_TEST_MDWE=1 under PR_SET_MDWE (MemoryDenyWriteExecute) when the
+    kernel has it. Returns whether it does."""
+    mdwe = _mdwe_supported()
+    site_packages = sysconfig.get_paths()["purelib"]
+    guard = ("import os\nif os.environ.get('MDG_TEST_MDWE') == '1' and ctypes.CDLL(None).prctl("
+             f"{PR_SET_MDWE}, {MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0):\n"
+             "    sys.exit('PR_SET_MDWE refused')\n") if mdwe else ""
+    bin_dir = app / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "madoguchi_main.py").write_text(
+        # python3 -S: not Debian's own dist-packages (older cryptography…), only ours
+        "import ctypes, site, sys\n" + guard
+        + "site.addsitedir(sys.argv.pop(1))\nsys.path.insert(0, sys.argv.pop(1))\n"
+        "sys.argv[0] = 'madoguchi'\nfrom madoguchi.cli import main\nsys.exit(main())\n")
+    binary = bin_dir / "madoguchi"
+    binary.write_text(f"#!/bin/sh\nexec {DEBIAN_PYTHON} -S {bin_dir / 'madoguchi_main.py'} "
+                      f'{site_packages} {REPO} "$@"\n')
+    binary.chmod(0o755)
+    return mdwe
+
+
+@pytest.fixture
+def deployment(production_site: ProductionSite, kannel: Kannel) -> Iterator[Deployment]:
+    for tool in ("adduser", "runuser", DEBIAN_PYTHON):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is missing (Debian 12 has it)")
+    if os.geteuid() != 0:
+        pytest.skip("the install steps run as root (adduser, runuser)")
+    root = Path(f"/tmp/madoguchi-prod-deploy-{uuid.uuid4().hex[:8]}")
+    root.mkdir(mode=0o755)
+    user = f"mdgprod{uuid.uuid4().hex[:6]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MADOGUCHI_")}
+    # The "public" CA, where the service user can read it (as the system's CA store).
+    trust = root / "trusted-cas.pem"
+    shutil.copy(production_site.trust, trust)
+    trust.chmod(0o644)
+    env["SSL_CERT_FILE"] = str(trust)
+    d = Deployment(root, user, production_site, env, kannel)
+    d.mdwe = _install_app(d.path("APP"))
+    try:
+        yield d
+    finally:
+        subprocess.run(["userdel", user], capture_output=True, timeout=30)
+        subprocess.run(["groupdel", user], capture_output=True, timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _overrides(d: Deployment, ports: dict[str, int]) -> dict[str, str]:
+    """What the test changes of the guide's configuration: loopback, free ports, the test
+    Kannel, no outside TURN host."""
+    host = d.site.host
+    return {
+        "MADOGUCHI_SERVER_PUBLIC_URL": f"https://{host}:{ports['citizen']}",
+        "MADOGUCHI_SERVER_CITIZEN_HOST": "127.0.0.1",
+        "MADOGUCHI_SERVER_CITIZEN_PORT": str(ports["citizen"]),
+        "MADOGUCHI_SERVER_STAFF_HOST": "127.0.0.1",
+        "MADOGUCHI_SERVER_STAFF_PORT": str(ports["staff"]),
+        "MADOGUCHI_SERVER_STAFF_PUBLIC_URL": f"https://{host}:{ports['staff']}",
+        "MADOGUCHI_OPERATOR_HOST": "127.0.0.1",
+        "MADOGUCHI_OPERATOR_PORT": str(ports["operator"]),
+        "MADOGUCHI_SMS_KANNEL_URL": d.kannel.sendsms_url,
+        "MADOGUCHI_SMS_KANNEL_USERNAME": d.kannel.username,
+        "MADOGUCHI_SMS_DLR_BASE_URL": f"http://127.0.0.1:{ports['operator']}",
+        "MADOGUCHI_SFU_HOST_ADDRESSES": "127.0.0.1",
+        "MADOGUCHI_SFU_ALLOWED_CANDIDATE_NETWORKS": "127.0.0.1/32",
+        "MADOGUCHI_SFU_UDP_PORT_MIN": "0",
+        "MADOGUCHI_SFU_UDP_PORT_MAX": "0",
+        "MADOGUCHI_SFU_USE_UVLOOP": "false",
+        "MADOGUCHI_TURN_ENABLED": "false",
+    }
+
+
+def _issued_client(d: Deployment, out: str, tmp: Path) -> tuple[Path, Path]:
+    p12 = Path(re.search(r"\.p12 file:\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    password = re.search(r"\.p12 password:\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    key, cert, _ = pkcs12.load_key_and_certificates(p12.read_bytes(), password.encode())
+    assert key is not None and cert is not None
+    cert_path, key_path = tmp / "office-pc.pem", tmp / "office-pc.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _private_tree(folder: Path, owner: int) -> list[str]:
+    """Files and folders under ``folder`` not owned by ``owner`` or open to group/others."""
+    bad = []
+    for path in [folder, *folder.rglob("*")]:
+        st = path.lstat()
+        if st.st_uid != owner or stat.S_IMODE(st.st_mode) & 0o077:
+            bad.append(f"{path} uid={st.st_uid} mode={stat.S_IMODE(st.st_mode):o}")
+    return bad
+
+
+def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Path,
+                                                 vp8_clip: Clip, vp8_clip_b: Clip) -> None:
+    d = deployment
+    kannel = d.kannel
+    d.step("user")
+    uid = int(subprocess.run(["id", "-u", d.user], capture_output=True, text=True,
+                             check=True).stdout)
+    if subprocess.run(["runuser", "-u", d.user, "--", "test", "-r", str(REPO / "madoguchi/cli.py")],
+                      timeout=30).returncode != 0:
+        pytest.skip(f"the service user cannot read this checkout ({REPO})")
+    d.step("folders")
+    for name in ("ETC", "DATA"):
+        assert d.path(name).is_dir()
+    assert stat.S_IMODE(d.path("DATA").stat().st_mode) == 0o700
+    assert d.path("DATA").stat().st_uid == uid
+    d.step("kek")
+    d.step("secrets")
+    # The guide: "put the same Kannel password in kannel.conf" (here: the test Kannel's).
+    secrets_env = d.path("ETC") / "secrets.env"
+    assert stat.S_IMODE(secrets_env.stat().st_mode) == 0o600
+    secrets_env.write_text(re.sub(r"(?m)^MADOGUCHI_SMS_KANNEL_PASSWORD=.*$",
+                                  f"MADOGUCHI_SMS_KANNEL_PASSWORD={kannel.password}",
+                                  secrets_env.read_text()))
+    d.step("config")
+    # What certbot leaves behind, then the deploy hook of the guide.
+    live = d.path("LIVE")
+    live.mkdir(parents=True)
+    shutil.copy(d.site.sections["tls"]["server_cert"], live / "fullchain.pem")
+    shutil.copy(d.site.sections["tls"]["server_key"], live / "privkey.pem")
+    d.step("certificate-hook")
+    issued = d.step("staff-ca").stdout
+    ports = {"citizen": free_port(), "staff": free_port(), "operator": free_port()}
+    d.env.update(_overrides(d, ports))
+
+    doctor = d.step("doctor")
+    lines = doctor.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("FAIL")], doctor.stdout
+    assert f"verifies for {d.site.host}" in doctor.stdout
+    assert "accepts our credentials" in doctor.stdout  # sms.gateway against the real Kannel
+    assert "(mode 600)" in doctor.stdout
+
+    account = d.step("first-account").stdout
+    password = re.search(r"^Password: (\S+)", account, re.M).group(1)  # type: ignore[union-attr]
+
+    # serve as the service user, its environment as systemd would give it (EnvironmentFile)
+    env = dict(d.env)
+    for line in secrets_env.read_text().splitlines():
+        key, _, value = line.partition("=")
+        env[key] = value
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            ["runuser", "-u", d.user, "--", str(d.path("APP") / ".venv/bin/madoguchi"), "serve",
+             "--config", str(d.path("ETC") / "madoguchi.toml")],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=lambda: os.umask(0o077))  # UMask=0077 of the unit
+    try:
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited {proc.returncode}:\n"
+                                     + log_path.read_text(errors="replace")[-3000:])
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports['operator']}/healthz",
+                                            timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=60, what="serve /healthz")
+        cert, key = _issued_client(d, issued, tmp_path)
+        certs = DevCerts(dir=tmp_path, ca=d.site.trust, ca_key=tmp_path, server_cert=tmp_path,
+                         server_key=tmp_path, staff_ca=tmp_path, staff_ca_key=tmp_path,
+                         staff_crl=tmp_path, client_p12=tmp_path, client_cert=cert,
+                         client_key=key, p12_password="")
+        server = ServerHandle(proc=proc, config_path=d.path("ETC") / "madoguchi.toml",
+                              data_dir=d.path("DATA"), certs=certs,
+                              citizen_port=ports["citizen"], staff_port=ports["staff"],
+                              operator_port=ports["operator"], log_path=log_path,
+                              host=d.site.host)
+        asyncio.run(_whole_call(server, password, vp8_clip, vp8_clip_b))
+    except BaseException:
+        print(log_path.read_text(errors="replace")[-6000:])  # shown with the failure
+        raise
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # runuser and the server (one session)
+        stop_process(proc, timeout=15)
+    assert '"server_stopped"' in log_path.read_text(errors="replace")  # a clean stop
+    # Everything the server wrote is the service user's and private (umask 077 + its own modes).
+    assert _private_tree(d.path("DATA"), uid) == []
+
+    # madoguchi-retention.service has MemoryDenyWriteExecute=yes: one run under the rule.
+    retention = subprocess.run(
+        ["runuser", "-u", d.user, "--", str(d.path("APP") / ".venv/bin/madoguchi"), "retention",
+         "--once", "--config", str(d.path("ETC") / "madoguchi.toml")],
+        capture_output=True, text=True, env=env | {"MDG_TEST_MDWE": "1"}, timeout=120,
+        preexec_fn=lambda: os.umask(0o077))
+    assert retention.returncode == 0, retention.stdout + retention.stderr
+    assert "PR_SET_MDWE refused" not in retention.stderr
+    if not d.mdwe:
+        pytest.skip("this kernel has no PR_SET_MDWE: retention ran without write-xor-execute")
+
+
+async def _whole_call(server: ServerHandle, first_password: str, clip: Clip,
+                      talk: Clip) -> None:
+    """The citizen site's root page, then: login (first password changed), SMS, call with
+    media and recording, end."""
+    import aiohttp
+
+    ctx = ssl.create_default_context(cafile=str(server.certs.ca))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+        async with http.get(server.citizen_url + "/") as r:
+            assert r.status == 200 and "窓口 映像相談" in await r.text()
+    async with StaffClient(server) as staff:
+        await staff.login(password=first_password)
+        await staff.post("/api/password", {"old_password": first_password,
+                                           "new_password": server.password})
+        await staff.login()
+        c = await create(staff, "080-3141-5926")
+        assert c["link"].startswith(server.citizen_url + "/c/")
+        phone = Citizen(server)
+        citizen = citizen_client(clip)
+        viewer = staff_client("VP8", talk=talk)
+        try:
+            ws = await join_call(phone, citizen, c["link"])
+            staff_ws = await staff.session.ws_connect(  # type: ignore[union-attr]
+                server.staff_url.replace("https", "wss") + "/ws/staff",
+                headers={"Origin": server.staff_url})
+            await receive(staff_ws, "consultations")
+            await staff_ws.send_json({"type": "view", "id": c["id"], "sdp": await viewer.offer()})
+            await viewer.accept((await receive(staff_ws, "answer"))["sdp"])
+            await viewer.collectors["video"].wait_frames(30, timeout=20)
+            folder = server.data_dir / "recordings" / c["id"]
+            await wait_until(lambda: segment_files(folder), what="a recording segment")
+            await staff.post(f"/api/consultations/{c['id']}/end")
+            assert (await receive(ws, "ended"))["reason"] == "staff"
+            await staff_ws.close()
+        finally:
+            await citizen.close()
+            await viewer.close()
+            await phone.close()
