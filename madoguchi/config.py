@@ -174,6 +174,7 @@ class OperatorConfig:
     host: str = "127.0.0.1"
     port: int = 9464
     bearer_token: str = ""
+    tls: bool = False
 
 
 @dataclass

@@ -190,7 +190,7 @@ class Server:
         await self._listen("staff", self.staff_app(), cfg.server.staff_host,
                            cfg.server.staff_port, staff_ctx)
         await self._listen("operator", self.operator_app(), cfg.operator.host,
-                           cfg.operator.port, None)
+                           cfg.operator.port, citizen_ctx if cfg.operator.tls else None)
         self._spawn(crl_reloader.run(self._stop))
         await self.service.load_heartbeat()  # before the first round overwrites it
         first_run: asyncio.Event | None = None

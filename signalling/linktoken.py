@@ -17,6 +17,8 @@ from typing import Any
 
 import jwt
 
+from madoguchi.config import ConfigError
+
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 CITIZEN_AUDIENCE = "madoguchi-citizen"
 
@@ -42,10 +44,14 @@ def new_id() -> str:
     return secrets.token_hex(8)
 
 
+MIN_SECRET_BYTES = 32
+
+
 def load_secret(path: Path) -> bytes:
-    """Read a 32-byte secret, creating it (0600) on first use."""
+    """Read the signalling secret (64+ hex characters), creating it (0600) on first use;
+    ConfigError for a short or malformed one (anyone could forge citizen tokens)."""
     try:
-        return bytes.fromhex(path.read_text().strip())
+        text = path.read_text().strip()
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         value = os.urandom(32)
@@ -53,6 +59,16 @@ def load_secret(path: Path) -> bytes:
         with os.fdopen(fd, "w") as fh:
             fh.write(value.hex())
         return value
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"the signalling secret {path} must be hex "
+                          f"({2 * MIN_SECRET_BYTES}+ characters)") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"the signalling secret {path} has {len(secret)} bytes; at least "
+                          f"{MIN_SECRET_BYTES} are needed (delete it: a new one is made at "
+                          "the next start)")
+    return secret
 
 
 class SignallingTokens:

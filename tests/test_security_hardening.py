@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,14 @@ from signalling.store.sqlite import SqliteStore
 from signalling.tls import CrlReloader, staff_ssl_context
 from tests.fixtures.certs import Pki, raw_get, refused, serve_tls
 from tests.fixtures.ports import stop_process
-from tests.fixtures.server import FIRST_PASSWORD, ServerHandle, StaffClient, start_server
+from tests.fixtures.server import (
+    FIRST_PASSWORD,
+    MADOGUCHI,
+    REPO,
+    ServerHandle,
+    StaffClient,
+    start_server,
+)
 from tests.fixtures.wait import wait_until
 from tests.test_auth import add_account, logged_in
 from tests.test_security_routes import staff_login
@@ -526,3 +534,53 @@ async def test_f11_sms_only_to_japan_and_within_quotas(guess_server: ServerHandl
     finally:
         await admin.__aexit__(None, None, None)
         await colleague.__aexit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------- f12
+
+
+def test_f12_weak_or_misplaced_settings_refuse_the_start(production_site: Any) -> None:
+    """Outside development mode: out-of-bounds security settings and a short signalling
+    secret stop ``serve`` with one line each; a short secret even in development mode."""
+    site = production_site
+    jwt = site.dir / "jwt.key"
+    jwt.write_text("ab")  # one byte
+    jwt.chmod(0o600)
+    config = site.write({"auth": {"lockout_failures": 1000, "password_min_length": 4},
+                         "links": {"lookups_per_minute": 100_000, "secret_file": str(jwt)},
+                         "operator": {"host": "0.0.0.0", "bearer_token": "x" * 32}})
+    done = subprocess.run([*MADOGUCHI, "serve", "--config", str(config)], capture_output=True,
+                          text=True, env=site.env, cwd=REPO, timeout=60)
+    assert done.returncode == 2
+    for line in ("FAIL    config.bounds: [auth] lockout_failures = 1000",
+                 "FAIL    config.bounds: [auth] password_min_length = 4",
+                 "FAIL    config.bounds: [links] lookups_per_minute = 100000",
+                 "FAIL    keys.strength: the signalling secret",
+                 "FAIL    operator.tls: operator listener on 0.0.0.0"):
+        assert f"madoguchi: cannot start: {line}" in done.stderr, (line, done.stderr)
+    # Development mode skips the production checks, never the secret's length.
+    dev = site.write({"links": {"secret_file": str(jwt)}})
+    done = subprocess.run([*MADOGUCHI, "serve", "--dev", "--config", str(dev)],
+                          capture_output=True, text=True, env=site.env, cwd=REPO, timeout=60)
+    assert done.returncode != 0
+    assert "has 1 bytes; at least 32 are needed" in done.stderr + done.stdout
+
+
+# ---------------------------------------------------------------------------- f13
+
+
+async def test_f13_operator_listener_over_tls(server_factory: Any) -> None:
+    """[operator] tls: delivery reports and /metrics only over TLS with the server
+    certificate; plain HTTP gets nothing (the DLR secret and token never in clear)."""
+    server = server_factory({"operator": {"tls": True}}, name="operator-tls")
+    https = f"https://localhost:{server.operator_port}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=server.citizen_ssl())) as http:
+        async with http.get(https + "/metrics") as r:
+            assert r.status == 200 and "madoguchi_" in await r.text()
+        async with http.get(https + "/sms/dlr/not-the-secret-0000?ref=x&type=2") as r:
+            assert r.status == 404
+    async with aiohttp.ClientSession() as plain:
+        with pytest.raises(aiohttp.ClientError):
+            async with plain.get(server.operator_url + "/metrics") as r:
+                await r.read()

@@ -36,6 +36,7 @@ CHECK_MODULES = (
     "madoguchi.doctor.keyfiles",      # key files exist, permissions, not in the recordings
     "madoguchi.doctor.public_url",    # https, a real name that resolves
     "madoguchi.doctor.operator",      # operator listener protected off loopback
+    "madoguchi.doctor.bounds",        # security settings within sane bounds
     "madoguchi.doctor.sms",           # provider; gateway reachable, credentials accepted
     "madoguchi.doctor.turn",          # TURN reachable, credentials minted
     "madoguchi.doctor.redis",         # Redis keeps no copy on disk (save / appendonly)

@@ -119,5 +119,6 @@ def dlr_callback_url(cfg: Any, secret: str) -> str:
         host = cfg.operator.host if cfg.operator.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        base = f"http://{host}:{cfg.operator.port}"
+        scheme = "https" if cfg.operator.tls else "http"
+        base = f"{scheme}://{host}:{cfg.operator.port}"
     return base + DLR_PATH.format(secret=secret)
