@@ -158,8 +158,8 @@ def deployment(production_site: ProductionSite, kannel: Kannel) -> Iterator[Depl
 
 
 def _overrides(d: Deployment, ports: dict[str, int]) -> dict[str, str]:
-    """What the test changes of the guide's configuration: loopback, free ports, the test
-    Kannel, no outside TURN host."""
+    """What the test changes of the guide's configuration: loopback listeners on free ports,
+    the test Kannel, no TURN host outside this machine."""
     host = d.site.host
     return {
         "MADOGUCHI_SERVER_PUBLIC_URL": f"https://{host}:{ports['citizen']}",
@@ -173,13 +173,19 @@ def _overrides(d: Deployment, ports: dict[str, int]) -> dict[str, str]:
         "MADOGUCHI_SMS_KANNEL_URL": d.kannel.sendsms_url,
         "MADOGUCHI_SMS_KANNEL_USERNAME": d.kannel.username,
         "MADOGUCHI_SMS_DLR_BASE_URL": f"http://127.0.0.1:{ports['operator']}",
-        "MADOGUCHI_SFU_HOST_ADDRESSES": "127.0.0.1",
-        "MADOGUCHI_SFU_ALLOWED_CANDIDATE_NETWORKS": "127.0.0.1/32",
-        "MADOGUCHI_SFU_UDP_PORT_MIN": "0",
-        "MADOGUCHI_SFU_UDP_PORT_MAX": "0",
-        "MADOGUCHI_SFU_USE_UVLOOP": "false",
         "MADOGUCHI_TURN_ENABLED": "false",
     }
+
+
+# Only for serve: the sandbox's media stays on loopback (doctor sees the guide's values and
+# would rightly fail these: no phone reaches 127.0.0.1).
+LOOPBACK_MEDIA = {
+    "MADOGUCHI_SFU_HOST_ADDRESSES": "127.0.0.1",
+    "MADOGUCHI_SFU_ALLOWED_CANDIDATE_NETWORKS": "127.0.0.1/32",
+    "MADOGUCHI_SFU_UDP_PORT_MIN": "0",
+    "MADOGUCHI_SFU_UDP_PORT_MAX": "0",
+    "MADOGUCHI_SFU_USE_UVLOOP": "false",
+}
 
 
 def _issued_client(d: Deployment, out: str, tmp: Path) -> tuple[Path, Path]:
@@ -250,7 +256,7 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
     password = re.search(r"^Password: (\S+)", account, re.M).group(1)  # type: ignore[union-attr]
 
     # serve as the service user, its environment as systemd would give it (EnvironmentFile)
-    env = dict(d.env)
+    env = d.env | LOOPBACK_MEDIA
     for line in secrets_env.read_text().splitlines():
         key, _, value = line.partition("=")
         env[key] = value

@@ -38,6 +38,7 @@ CHECK_MODULES = (
     "madoguchi.doctor.operator",      # operator listener protected off loopback
     "madoguchi.doctor.bounds",        # security settings within sane bounds
     "madoguchi.doctor.sms",           # provider; gateway reachable, credentials accepted
+    "madoguchi.doctor.sfu",           # media addresses phones can reach, UDP port range
     "madoguchi.doctor.turn",          # TURN reachable, credentials minted
     "madoguchi.doctor.redis",         # Redis keeps no copy on disk (save / appendonly)
     "madoguchi.doctor.recording",     # recording folder writable, free space
