@@ -16,6 +16,9 @@ kbps            the phone's outbound video bitrate (bytesSent) over the window
 link_ms         staff clicks "send link" → the card appears on the phone
 recover_ms      (cut only) path restored → staff viewer presents frames again
 
+``udp_blocked`` drops every UDP datagram but those of a real coturn's relay, so the call
+can only go through TURN over TLS (the scenario's ``turn_tls``, when it has one).
+
 Needs root (network namespaces, nftables), chromium, ffmpeg and nft. The scenario itself
 lives in tests/fixtures/field.py (the field E2E tests run the same code).
 """
@@ -28,9 +31,11 @@ from collections.abc import Sequence
 from typing import Any
 
 CONDITIONS = ("clean", "loss2", "loss5", "cap125", "udp_blocked", "cut")
+# UDP blocked runs the scenario's office network with a real coturn (TURN/TLS) when the
+# scenario has it; without a relay no call is possible.
+TURN_SCENARIO = "turn_tls"
 NOTES = {
-    "udp_blocked": "no TURN server in this run (TURN/TLS is issue 11 part A): no call "
-                   "is possible without a relay",
+    "udp_blocked": "no TURN server in this run: no call is possible without a relay",
 }
 
 
@@ -62,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
         parser.error(f"unknown condition(s): {', '.join(unknown)}")
+    from tests.fixtures.field import CONDITIONS as SCENARIOS
     from tests.fixtures.field import netns_available, run_in_netns
 
     why = netns_available()
@@ -71,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# window {ns.window:g} s per condition, cut {ns.cut:g} s; Chromium Pixel 7 "
           "emulation, fake camera 640x480 15 fps, loopback in a private netns", flush=True)
     for condition in conditions:
-        result = run_in_netns(condition, window=ns.window, cut=ns.cut)
+        scenario = condition
+        if condition == "udp_blocked" and TURN_SCENARIO in SCENARIOS:
+            scenario = TURN_SCENARIO
+        result = run_in_netns(scenario, window=ns.window, cut=ns.cut)
+        result["condition"] = condition
         print(line(result), flush=True)
         if not result.get("connected") and condition in NOTES:
             print(f"#   {condition}: {NOTES[condition]}", flush=True)
