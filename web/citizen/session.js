@@ -15,6 +15,9 @@ const RENEGOTIATE_AFTER_MS = 3000;
 // audio, RTCP at least every 1.5 s) all the time, so silence this long means the path dropped.
 const SILENT_MS = 2000;
 const WATCH_MS = 500;
+// An offer unanswered this long: the socket is dead though not closed (a phone that
+// changed networks keeps a half-open TCP connection): open a new session instead.
+const ANSWER_TIMEOUT_MS = 8000;
 const MAX_RENEGOTIATIONS = 3; // in a row without getting connected: give up the socket too
 
 /**
@@ -51,6 +54,7 @@ export class CallSession {
     this.renegotiations = 0;
     this.renegotiateTimer = 0;
     this.awaitingAnswer = false;
+    this.offering = false;
     this.rxBytes = -1;
     this.rxAt = 0;
   }
@@ -142,6 +146,15 @@ export class CallSession {
   }
 
   async offer() {
+    this.offering = true;
+    try {
+      await this.makeOffer();
+    } finally {
+      this.offering = false;
+    }
+  }
+
+  async makeOffer() {
     const pc = new RTCPeerConnection({ iceServers: normalizeIceServers(this.iceServers) });
     this.pc = pc;
     for (const track of this.localStream.getTracks()) pc.addTrack(track, this.localStream);
@@ -166,6 +179,9 @@ export class CallSession {
     await iceGatheringComplete(pc, 5000);
     if (this.closed || this.pc !== pc) return;
     this.awaitingAnswer = this.send({ type: "offer", sdp: pc.localDescription.sdp });
+    this.later(() => {
+      if (this.pc === pc && this.awaitingAnswer) this.lost("no_answer");
+    }, ANSWER_TIMEOUT_MS);
   }
 
   onConnectionState() {
@@ -214,7 +230,7 @@ export class CallSession {
       this.lost(reason);
       return;
     }
-    if (this.awaitingAnswer) return; // an offer is on its way; the timer below decides
+    if (this.offering || this.awaitingAnswer) return; // an offer is on its way; its timers decide
     this.renegotiations += 1;
     this.rxBytes = -1;
     if (!this.reconnecting) {
@@ -225,12 +241,13 @@ export class CallSession {
     const old = this.pc;
     this.pc = null;
     this.dc = null;
-    try { old.close(); } catch { /* already closed */ }
+    try { if (old) old.close(); } catch { /* already closed */ }
     this.offer().catch((err) => this.lost(`webrtc_${(err && err.name) || "error"}`));
     // Still not connected after a while (the path is still down): try again, then give up.
     this.renegotiateTimer = this.later(() => {
       if (!this.pc || this.pc.connectionState !== "connected") {
         this.awaitingAnswer = false;
+        this.offering = false;
         this.renegotiate(reason);
       }
     }, CONNECT_TIMEOUT_MS / 2);
