@@ -108,7 +108,12 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
     before, after = wait_increase(lambda: citizen.stats()["audioPackets"])
     assert after > before, "the citizen receives no staff audio"
 
-    # A web link sent by staff appears on the citizen's page as a safe card.
+    # A web link sent by staff appears on the citizen's page as a safe card, once: it comes
+    # on the socket and on the data channel with one id (a second copy would add a card).
+    page.evaluate("""() => { window.__cardsAdded = 0; new MutationObserver((records) => {
+        for (const r of records) for (const n of r.addedNodes)
+          if (n.querySelector && n.querySelector('[data-testid=link-card]')) window.__cardsAdded++;
+      }).observe(document.body, {childList: true, subtree: true}); }""")
     staff.page.fill(tid("send-link-input"), SENT_URL)
     staff.page.fill(tid("send-link-title"), SENT_TITLE)
     staff.page.click(tid("send-link"))
@@ -123,6 +128,9 @@ def test_consultation_end_to_end(browser_server: Any, browsers: Browsers, device
     # The phone acknowledged it: the console says "delivered" for that message.
     delivered = staff.page.wait_for_selector(tid("send-link-delivered"), state="visible")
     assert delivered is not None and delivered.get_attribute("data-message-id")
+    # A moment for the second copy (it follows within milliseconds): media keeps flowing.
+    wait_increase(lambda: citizen.stats()["audioPackets"])
+    assert page.evaluate("() => window.__cardsAdded") == 1, "a copy of the link was shown twice"
 
     # Mute on either side disables the microphone track that is being sent.
     for who, hook in ((page, "mute"), (staff.page, "mute-mic")):
