@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -244,12 +245,13 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             if text.lower() in ("0", "false", "no", "off", ""):
                 return False
             raise ConfigError(f"{where}: expected a boolean, got {value!r}")
-        if origin is list:
+    try:
+        if origin is list and isinstance(value, str):
+            text = value.strip()
             if text.startswith("["):
                 value = json.loads(text)
             else:
                 value = [v.strip() for v in text.split(",") if v.strip()]
-    try:
         if typ is bool:
             if not isinstance(value, bool):
                 raise TypeError
@@ -259,7 +261,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                 raise TypeError
             return int(value)
         if typ is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan would pass every range check below
+                raise ValueError("not a finite number")
+            return number
         if typ is str:
             if not isinstance(value, str):
                 raise TypeError
@@ -270,7 +275,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             if typ.__args__[0] is str:
                 return [str(v) for v in value]
             return [v if isinstance(v, dict) else str(v) for v in value]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"{where}: cannot use {value!r} as {getattr(typ, '__name__', typ)}") from exc
     return value
 

@@ -9,7 +9,7 @@ recording's single timeline.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,30 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Manifest:
-        data: dict[str, Any] = json.loads(raw)
-        segments = [SegmentEntry(**s) for s in data.pop("segments", [])]
-        return cls(segments=segments, **data)
+        """Raises ValueError or TypeError on anything but a well-typed manifest."""
+        data: Any = json.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("segments", []), list):
+            raise TypeError("not a manifest object")
+        segments = [_typed(SegmentEntry(**s)) if isinstance(s, dict) else _typed(s)
+                    for s in data.pop("segments", [])]
+        manifest = _typed(cls(segments=segments, **data))
+        manifest.last_sha256()  # a hex digest (ValueError otherwise)
+        return manifest
+
+
+_TYPES = {"int": (int,), "str": (str,), "float": (int, float)}
+
+
+def _typed(obj: Any) -> Any:
+    """``obj`` if every int/str/float field holds that type (JSON carries no types)."""
+    if not isinstance(obj, (Manifest, SegmentEntry)):
+        raise TypeError("not a manifest entry")
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        allowed = _TYPES.get(str(f.type))
+        if allowed and (isinstance(value, bool) or not isinstance(value, allowed)):
+            raise TypeError(f"manifest field {f.name} has the wrong type")
+    return obj
 
 
 def seal_manifest(data_key: bytes, manifest: Manifest) -> bytes:

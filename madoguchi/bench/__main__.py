@@ -26,6 +26,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
               "browser call under loss, a 125 kB/s cap, UDP blocked and a path cut"),
     "sfu-cycles": ("madoguchi.bench.sfu_bench:cycles_main",
                    "room open/close cycles (default 1,000): leaked tasks/threads/fds"),
+    "fuzz": ("madoguchi.bench.fuzz",
+             "property-based fuzzing of every outside-input parser and the signalling"),
 }
 
 
