@@ -24,6 +24,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                "Chromium citizen + viewer under a UDP cap: the phone's target bitrate"),
     "field": ("madoguchi.bench.field",
               "browser call under loss, a 125 kB/s cap, UDP blocked and a path cut"),
+    "review": ("madoguchi.bench.review",
+               "recording review: server CPU per review vs a live pair, click to first frame"),
     "sfu-cycles": ("madoguchi.bench.sfu_bench:cycles_main",
                    "room open/close cycles (default 1,000): leaked tasks/threads/fds"),
     "fuzz": ("madoguchi.bench.fuzz",

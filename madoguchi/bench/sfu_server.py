@@ -1,7 +1,7 @@
 """The SFU (or the naive relay) in its own process, driven over stdin/stdout JSON lines
 by the benchmark: ``python -m madoguchi.bench.sfu_server --mode sfu|naive``.
 
-Requests: {"id", "op": "citizen"|"staff"|"stats"|"probe_reset"|"close"|"quit", ...};
+Requests: {"id", "op": "citizen"|"staff"|"review"|"stats"|"probe_reset"|"close"|"quit", ...};
 each gets one reply line {"id", "ok", ...}.
 """
 
@@ -33,6 +33,7 @@ class Server:
                             latency_probe=self.probe) if mode in ("sfu", "record") else None
         self.naive: dict[str, NaiveRoom] = {}
         self.recorders = RoomRecorders() if mode == "record" else None  # bench/record.py
+        self.reviews: list[Any] = []  # mode "review": bench/review.py
 
     def room(self, cid: str) -> Any:
         if self.sfu is not None:
@@ -50,6 +51,12 @@ class Server:
         if op == "staff":
             return {"sdp": await self.room(req["room"]).connect_staff(req["viewer"],
                                                                       req["sdp"])}
+        if op == "review":
+            from .review import start_review
+            session, answer = await start_review(req["folder"], req["key"], req["sdp"],
+                                                 self.host)
+            self.reviews.append(session)
+            return {"sdp": answer}
         if op == "probe_reset":
             self.probe.reset()
             return {}
@@ -84,6 +91,8 @@ class Server:
                     "latency_p50_ms": None if p50 is None else p50 * 1000,
                     "latency_p99_ms": None if p99 is None else p99 * 1000}
         if op == "close":
+            for session in self.reviews:
+                await session.stop("closed")
             if self.recorders is not None:
                 await self.recorders.close()
             if self.sfu is not None:
@@ -128,7 +137,7 @@ async def serve(mode: str, host: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=("sfu", "naive", "record"), default="sfu")
+    parser.add_argument("--mode", choices=("sfu", "naive", "record", "review"), default="sfu")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
