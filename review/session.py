@@ -35,6 +35,7 @@ WATCH_SECONDS = 1.0  # deadline / deletion / peer checks
 RESYNC_MIN_SECONDS = 2.0  # at most one keyframe resync per this time (viewer PLI)
 BURST_STEP = 0.001  # RTP time between the frames of a seek's catch-up burst
 BURST_FRAMES, BURST_PAUSE = 8, 0.004  # a short pause after every 8 burst frames
+CARRY_LATE = 0.1  # a run may start this late and keep the timing of the seek before it
 VIDEO = "citizen-video"
 
 # viewer-side losses; "join"/"source" come from the track itself at the start of a stream
@@ -73,6 +74,7 @@ class ReviewSession:
         self._ahead: tuple[int, asyncio.Future[list[RecordedFrame]]] | None = None
         self._seek_to: int | None = 0  # ms relative; the first run starts at 0
         self._not_before = 0.0  # monotonic: RTP time already used by a seek's burst
+        self._carry: tuple[float, int] | None = None  # a seek's target: (instant, pts)
         self._wake = asyncio.Event()
         self._last_resync = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -240,16 +242,18 @@ class ReviewSession:
         self._cursor = last + 1
         self.position_ms = max(0, frames[last].pts - self.start_ms)
         burst = [f for f in frames[key:last + 1] if f.track == VIDEO]
-        self._not_before = await self._burst(burst)
+        at = await self._burst(burst)
+        self._not_before = at
+        self._carry = (at, frames[last].pts)  # play on in time with the target frame
 
     async def _burst(self, frames: list[RecordedFrame]) -> float:
-        """Send frames back to back (RTP time 1 ms apart); the end of their RTP time."""
+        """Send frames back to back (RTP time 1 ms apart); the last one's RTP time."""
         start = time.monotonic()
         for i, f in enumerate(frames):
             await self.replay.send(f.track, f.data, start + i * BURST_STEP)
             if i % BURST_FRAMES == BURST_FRAMES - 1:
                 await asyncio.sleep(BURST_PAUSE)  # let the socket drain (no backlog skip)
-        return start + len(frames) * BURST_STEP
+        return start + (len(frames) - 1) * BURST_STEP
 
     async def _run(self) -> None:
         """Send frames from the cursor in real time until a control or the end."""
@@ -267,8 +271,7 @@ class ReviewSession:
                 continue
             frame = frames[self._cursor]
             if anchor is None:
-                start = max(time.monotonic() + LEAD_SECONDS, self._not_before + BURST_STEP)
-                anchor = (start, frame.pts)
+                anchor = self._anchor(frame)
                 self._read_ahead(self._segment + 1)
             due = anchor[0] + (frame.pts - anchor[1]) / 1000
             delay = due - time.monotonic()
@@ -282,6 +285,15 @@ class ReviewSession:
             if now >= next_update:
                 next_update = now + UPDATE_SECONDS
                 self._publish()
+
+    def _anchor(self, frame: RecordedFrame) -> tuple[float, int]:
+        """(monotonic instant, pts) that paces a run starting with ``frame``: right after a
+        seek, the target frame's (audio keeps its offset to the picture); else now."""
+        carry, self._carry = self._carry, None
+        now = time.monotonic()
+        if carry is not None and now - (carry[0] + (frame.pts - carry[1]) / 1000) < CARRY_LATE:
+            return carry
+        return max(now + LEAD_SECONDS, self._not_before + BURST_STEP), frame.pts
 
     async def _next_segment(self) -> bool:
         index = self._segment + 1

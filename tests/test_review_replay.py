@@ -1,7 +1,8 @@
 """Review by WebRTC, in process: a recording made by the recorder is replayed to an aiortc
 reviewer through sfu.replay; the frames it reassembles equal the recorded frames byte for
 byte (the same proof as live forwarding: nothing decoded or re-encoded). Controls: pause
-stops the position, seek lands on a keyframe, the session ends when the recording goes."""
+stops the position, seek lands on the frame asked for (from the keyframe before it), audio
+stays in sync, the session ends when the recording goes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
 from madoguchi.bench.media import ClientPeer, staff_client
 from madoguchi.clock import ManualClock
@@ -23,6 +25,7 @@ from review.session import ReviewSession
 from sfu.candidates import CandidatePolicy
 from sfu.peer import PeerSettings
 from sfu.replay import Replay
+from sfu.rtcpstats import signed32, unix_from_ntp64
 from tests.fixtures.media import EncodedClip, forwarded_packets
 
 CID = "c-review"
@@ -62,6 +65,7 @@ class Review:
         self.exists = True
         self.updates: list[dict[str, Any]] = []
         self.ended: list[str] = []
+        self.wire: dict[str, list[int]] = {}
         self.clock = clock or ManualClock(1000.0)
         holder: dict[str, ReviewSession] = {}
         settings = PeerSettings(host_addresses=["127.0.0.1"],
@@ -81,10 +85,26 @@ class Review:
 
     async def __aenter__(self) -> Review:
         answer = await self.replay.connect(await self.client.offer())
+        for name, leg in self.replay.legs.items():
+            self._record_wire(name, leg)
         await self.client.accept(answer)
         await asyncio.wait_for(self.client.connected.wait(), 10)
         self.session.start()
         return self
+
+    def _record_wire(self, name: str, leg: Any) -> None:
+        """Note the RTP timestamp each frame leaves with (one per frame, in order)."""
+        times = self.wire[name] = []
+        write = leg.write
+
+        async def spy(cext: int, cts: int, marker: int, payload: bytes, padding: int,
+                      level: Any) -> bool:
+            ts = (cts + leg.map.ts_off) & 0xFFFFFFFF
+            if not times or times[-1] != ts:
+                times.append(ts)
+            return bool(await write(cext, cts, marker, payload, padding, level))
+
+        leg.write = spy
 
     async def __aexit__(self, *exc: object) -> None:
         await self.session.stop("closed")
@@ -114,6 +134,21 @@ async def test_reviewer_receives_the_recorded_frames_byte_for_byte(
         await wait_for(lambda: len(review.video()) >= 45 and len(review.audio()) >= 60)
         recorded_video = all_frames(review.reader, "citizen-video")
         recorded_audio = all_frames(review.reader, "citizen-audio")
+        # audio in sync: the RTP times on the wire, through each leg's sender report (one
+        # NTP/RTP mapping per leg, as a browser uses them), put each audio frame at the
+        # same offset from each video frame as in the recording
+        def wall(name: str, ts: int) -> float:
+            sr = RtcpPacket.parse(review.replay.legs[name].sender_report())[0]
+            assert isinstance(sr, RtcpSrPacket)
+            rate = 90000 if name.endswith("video") else 48000
+            return unix_from_ntp64(sr.sender_info.ntp_timestamp) + signed32(
+                ts - sr.sender_info.rtp_timestamp) / rate
+
+        v_ts, a_ts = review.wire["citizen-video"], review.wire["citizen-audio"]
+        skew = [(wall("citizen-audio", a_ts[j]) - wall("citizen-video", v_ts[i]))
+                - (recorded_audio[j].pts - recorded_video[i].pts) / 1000
+                for i in range(0, 40, 10) for j in range(0, 60, 15)]
+        assert max(abs(x) for x in skew) < 0.005, skew
         video = [f.data for f in review.video()]
         audio = [f.data for f in review.audio()]
     assert review.video()[0].keyframe
@@ -126,7 +161,7 @@ async def test_reviewer_receives_the_recorded_frames_byte_for_byte(
     assert span > 1.0, f"45 frames in {span:.2f} s: not paced"
 
 
-async def test_pause_stops_and_seek_lands_on_a_keyframe(recording: tuple[Path, bytes]) -> None:
+async def test_pause_stops_and_seek_lands_on_the_frame(recording: tuple[Path, bytes]) -> None:
     folder, key = recording
     async with Review(folder, key) as review:
         session = review.session
