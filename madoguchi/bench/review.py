@@ -62,12 +62,15 @@ def make_recording(folder: Path, repeat: int) -> tuple[bytes, float]:
 async def start_review(folder: str, key_hex: str, offer: str, host: str) -> tuple[Any, str]:
     """(in the server process) one review session of the benchmark recording."""
     from review.session import ReviewSession
+    from sfu.candidates import CandidatePolicy
     from sfu.peer import PeerSettings
     from sfu.replay import Replay
 
     reader = RecordingReader(Path(folder), CID, bytes.fromhex(key_hex))
     holder: dict[str, ReviewSession] = {}
-    replay = Replay(f"r{time.monotonic_ns()}", CID, PeerSettings(host_addresses=[host]), "VP8",
+    settings = PeerSettings(host_addresses=[host],
+                            candidate_policy=CandidatePolicy.from_config([f"{host}/32"]))
+    replay = Replay(f"r{time.monotonic_ns()}", CID, settings, "VP8",
                     on_state=lambda s: holder["s"].peer_state(s),
                     on_keyframe_request=lambda r: holder["s"].keyframe_requested(r))
 
