@@ -68,7 +68,7 @@ class ReviewService:
         self.video_codec = video_codec
         self.max_reviews = max_reviews
         self.sessions: dict[str, ReviewSession] = {}
-        self._who: dict[str, tuple[Any, str]] = {}  # review id -> (actor, ward)
+        self._who: dict[str, tuple[Any, Any]] = {}  # review id -> (actor, consultation)
 
     async def open(self, actor: Any, consultation: Any, viewer_id: str, offer_sdp: str,
                    on_update: Callable[[dict[str, Any]], None]
@@ -108,10 +108,10 @@ class ReviewService:
             await replay.close()
             raise ReviewRefused("bad_offer", str(exc), 400) from None
         timeline = {"duration": round(session.duration, 3),
-                    "markers": await markers(c, manifest, self.audit, session.duration)}
+                    "markers": markers(c, manifest, session.duration)}
         self.sessions[review_id] = session
-        self._who[review_id] = (actor, c.ward)
-        self._audit("review_started", review_id, c.id)
+        self._who[review_id] = (actor, c)
+        self._audit("review_started", review_id)
         session.start()
         return session, answer, timeline
 
@@ -131,14 +131,15 @@ class ReviewService:
 
     def _ended(self, session: ReviewSession, reason: str) -> None:
         self.sessions.pop(session.id, None)
-        self._audit("review_ended", session.id, session.consultation_id, reason=reason,
+        self._audit("review_ended", session.id, reason=reason,
                     seconds=round(time.monotonic() - session.started, 1))
         self._who.pop(session.id, None)
 
-    def _audit(self, action: str, review_id: str, cid: str, **fields: Any) -> None:
-        actor, ward = self._who.get(review_id, (None, ""))
+    def _audit(self, action: str, review_id: str, **fields: Any) -> None:
+        """Who reviewed which consultation (by its pseudonym, as every audit entry)."""
+        actor, c = self._who.get(review_id, (None, None))
         if self.audit is None or actor is None:
             return
-        self.audit.write(action, staff=actor.username, ward=ward,
-                         cert_serial=getattr(actor, "cert_serial", ""), consultation=cid,
-                         review=review_id, **fields)
+        self.audit.write(action, staff=actor.username, ward=c.ward,
+                         cert_serial=getattr(actor, "cert_serial", ""),
+                         pseudonym=getattr(c, "pseudonym", ""), review=review_id, **fields)

@@ -1,21 +1,22 @@
 """Markers on a review's timeline: what happened during the call, at which position.
 
-From what the server already knows, no personal data: the audit log (links staff sent
-during the call, citizen reconnects) and the recording's manifest (gaps between segments:
-the phone's media stopped). Wall-clock events are placed relative to the moment the call
-went live (``times["live"]``), which is where the recording starts to within a fraction of
-a second; positions are seconds from the start of the recording.
+From what the server already knows: the consultation record's call times (links staff
+sent, ``times["link_sent.N"]``, and citizen reconnects, ``times["reconnect.N"]``; deleted
+with the record) and the recording's manifest (gaps between segments: the phone's media
+stopped). Wall-clock events are placed relative to the moment the call went live
+(``times["live"]``), which is where the recording starts to within a fraction of a second;
+positions are seconds from the start of the recording. (Not the audit log: it names
+consultations by pseudonym and dates them to the day only.)
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from recorder.manifest import Manifest
 
 GAP_SECONDS = 1.0  # a pause in the recorded media longer than this is a marker
-AUDIT_MARKERS = {"send_link": "link_sent", "citizen_reconnected": "reconnect"}
+EVENT_MARKERS = ("link_sent", "reconnect")  # times["<kind>.<n>"] in the consultation
 
 
 def gap_markers(manifest: Manifest) -> list[dict[str, Any]]:
@@ -30,26 +31,16 @@ def gap_markers(manifest: Manifest) -> list[dict[str, Any]]:
     return out
 
 
-def _audit_events(audit: Any, cid: str) -> list[tuple[float, str]]:
-    out = []
-    for entry in audit.entries():
-        kind = AUDIT_MARKERS.get(str(entry.get("action", "")))
-        if kind and entry.get("consultation") == cid:
-            try:
-                out.append((float(entry.get("ts", 0)), kind))
-            except (TypeError, ValueError):
-                continue
-    return out
-
-
-async def markers(c: Any, manifest: Manifest, audit: Any, duration: float
-                  ) -> list[dict[str, Any]]:
+def markers(c: Any, manifest: Manifest, duration: float) -> list[dict[str, Any]]:
     """Markers sorted by position, each ``{"at": seconds, "kind": ...}``."""
     out = gap_markers(manifest)
-    live = (c.times or {}).get("live")
-    if audit is not None and live:
-        for ts, kind in await asyncio.to_thread(_audit_events, audit, c.id):
-            at = ts - float(live)
-            if 0 <= at <= duration + 1:
-                out.append({"at": round(at, 3), "kind": kind})
+    times = c.times or {}
+    live = times.get("live")
+    if live:
+        for key, when in times.items():
+            kind = key.split(".", 1)[0]
+            if kind in EVENT_MARKERS and "." in key:
+                at = float(when) - float(live)
+                if 0 <= at <= duration + 1:
+                    out.append({"at": round(at, 3), "kind": kind})
     return sorted(out, key=lambda m: m["at"])

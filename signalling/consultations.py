@@ -184,6 +184,12 @@ class ConsultationService:
                          cert_serial=actor.cert_serial if actor else "",
                          pseudonym=c.pseudonym if c else "", **fields)
 
+    async def _mark(self, c: Consultation, kind: str) -> None:
+        """Note an event of the call in its record, ``times["<kind>.<n>"]`` (the review
+        timeline's markers; deleted with the record, like every call time)."""
+        n = 1 + sum(1 for key in c.times if key.startswith(kind + "."))
+        await self.store.update_consultation(c.id, {"times": {f"{kind}.{n}": self.clock.now()}})
+
     # ------------------------------------------------------------------ staff side
     async def list_for(self, actor: Actor) -> list[Consultation]:
         items = await self.store.list_consultations(None if actor.is_admin else actor.ward)
@@ -331,6 +337,7 @@ class ConsultationService:
         event(log, "link_sent", consultation=cid, ward=c.ward, staff=actor.username,
               message_id=message["id"], datachannel=sent)
         self._audit("send_link", actor, c)
+        await self._mark(c, "link_sent")
         return str(message["id"])
 
     def citizen_ack(self, cid: str, message_id: object) -> None:
@@ -445,7 +452,7 @@ class ConsultationService:
         except SfuError as exc:
             raise ConsultationError("bad_offer", str(exc), 400) from None
         if c.state == LIVE:  # a new offer during the call: the phone reconnected
-            self._audit("citizen_reconnected", None, c)  # a marker on the review timeline
+            await self._mark(c, "reconnect")
         if c.recording and self._start_recording is not None and c.recording_status == "pending":
             await self._start_recording(c, room)
         return answer

@@ -213,3 +213,24 @@ async def test_review_ends_when_the_recording_goes(recording: tuple[Path, bytes]
         assert review.session.state == "ended"
         assert review.replay.closed
         assert review.updates[-1] == {**review.updates[-1], "state": "ended", "reason": cause}
+
+
+def test_timeline_markers() -> None:
+    """Links sent and reconnects from the call's times, gaps between segments."""
+    from recorder.manifest import Manifest, SegmentEntry
+    from review.timeline import markers
+
+    def seg(i: int, first: int, seconds: float) -> SegmentEntry:
+        return SegmentEntry(i, f"segment-{i:06d}.seg", 1, "00", seconds, first,
+                            first + int(seconds * 1000) - 20)
+
+    manifest = Manifest(CID, "k", segments=[seg(1, 100, 4.0), seg(2, 4100, 4.0),
+                                            seg(3, 11100, 4.0)])  # 3 s without media
+
+    class C:
+        times = {"live": 1000.0, "link_sent.1": 1002.5, "reconnect.1": 1008.0,
+                 "link_sent.2": 1500.0, "ended": 1015.0}
+
+    got = markers(C(), manifest, 15.0)
+    assert got == [{"at": 2.5, "kind": "link_sent"}, {"at": 8.0, "kind": "gap", "seconds": 3.0},
+                   {"at": 8.0, "kind": "reconnect"}], got

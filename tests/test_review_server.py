@@ -3,7 +3,9 @@ in for the browsers: a call is recorded and ended, then reviewed over the staff 
 
 - ward scoping: another ward's staff get the same ``not_found`` as for a missing id;
 - two reviewers of one recording are independent (one pauses, the other plays on);
-- audit: review start and end (who, which consultation, when, how long), no personal data;
+- audit: review start and end (who, which consultation by its pseudonym, the day, how
+  long), no personal data and not the consultation id;
+- the timeline carries a marker where staff sent a link during the call;
 - no route of either site answers with recording bytes, whatever the parameters;
 - a review in progress ends when retention deletes the recording (retention's own
   deletion code, run while the review plays, long before the deadline).
@@ -66,7 +68,10 @@ async def record_call(server: ServerHandle, clip: Clip, seconds: float = 4.5
             ws = await join_call(phone, citizen, c["link"])
             live = await _wait_state(staff, cid, "live")
             assert live["recording_status"] == "recording", live
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(seconds / 2)
+            await staff.post(f"/api/consultations/{cid}/links",  # a timeline marker
+                             {"url": "https://www.city.example.jp/hoiku", "title": "保育所"})
+            await asyncio.sleep(seconds / 2)
             await staff.post(f"/api/consultations/{cid}/end")
             for _ in range(100):
                 c = await staff.get(f"/api/consultations/{cid}")
@@ -159,9 +164,10 @@ async def until(condition: Any, timeout: float = 15.0, what: str = "") -> None:
         await asyncio.sleep(0.05)
 
 
-def audit_entries(server: ServerHandle, cid: str) -> list[dict[str, Any]]:
+def audit_entries(server: ServerHandle, pseudonym: str) -> list[dict[str, Any]]:
+    """The audit entries about one consultation (named by its pseudonym, never its id)."""
     lines = (server.data_dir / "audit.log").read_text(encoding="utf-8").splitlines()
-    return [e for e in map(json.loads, lines) if e.get("consultation") == cid]
+    return [e for e in map(json.loads, lines) if e.get("pseudonym") == pseudonym]
 
 
 async def scan_routes(server: ServerHandle, admin: StaffClient, cid: str,
@@ -234,7 +240,9 @@ async def test_review_through_the_server(madoguchi_server: ServerHandle,
 
             answer = await one.open(cid)
             assert 3.0 < answer["duration"] < 8.0, answer
-            assert isinstance(answer["markers"], list)
+            links = [m for m in answer["markers"] if m["kind"] == "link_sent"]
+            assert len(links) == 1 and 1.0 < links[0]["at"] < answer["duration"], answer
+
             await two.open(cid)
             await until(lambda: one.frames() >= 20 and two.frames() >= 20, what="frames")
             first = one.peer.collectors["video"].frames[0]
@@ -267,6 +275,9 @@ async def test_review_through_the_server(madoguchi_server: ServerHandle,
             cfg = load_config(server.config_path)
             store = SqliteStore(cfg.sqlite_path, SystemClock())
             try:
+                record = await store.get_consultation(cid)
+                assert record is not None and record.pseudonym
+                pseudonym = record.pseudonym
                 deleter = Deleter(store, RecordingFolder(cfg.recording_dir),
                                   Journal(cfg.data_path("retention", "review-test.jsonl")),
                                   Receipts(None), SystemClock())
@@ -282,7 +293,7 @@ async def test_review_through_the_server(madoguchi_server: ServerHandle,
             for c in (nada, tarumi):
                 await c.__aexit__(None, None, None)
 
-    entries = audit_entries(server, cid)
+    entries = audit_entries(server, pseudonym)
     started = [e for e in entries if e["action"] == "review_started"]
     ended = [e for e in entries if e["action"] == "review_ended"]
     assert {e["staff"] for e in started} == {"admin", "nada-review"}
@@ -291,7 +302,7 @@ async def test_review_through_the_server(madoguchi_server: ServerHandle,
     assert all(e["seconds"] > 0 and e["ward"] == "灘区" and e["cert_serial"] for e in ended)
     assert all("time" in e and e["review"].startswith("review-") for e in started + ended)
     text = (server.data_dir / "audit.log").read_text(encoding="utf-8")
-    assert scan_text(text, "audit.log", [PHONE, PHONE.replace("-", "")]) == []
+    assert scan_text(text, "audit.log", [PHONE, PHONE.replace("-", ""), cid]) == []
 
 
 # ---------------------------------------------------------------------------- refusals
