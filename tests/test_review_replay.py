@@ -209,7 +209,7 @@ async def test_review_ends_when_the_recording_goes(recording: tuple[Path, bytes]
             review.exists = False  # retention deleted the data key and the folder
         else:
             review.clock.set(2000.0)
-        await wait_for(lambda: review.ended == [cause], timeout=5)
+        await wait_for(lambda: review.ended == [cause])
         assert review.session.state == "ended"
         assert review.replay.closed
         assert review.updates[-1] == {**review.updates[-1], "state": "ended", "reason": cause}

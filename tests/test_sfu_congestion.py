@@ -172,7 +172,7 @@ async def test_keyframe_requests_are_coalesced_to_one_per_second() -> None:
         while len(sent) < count:
             await asyncio.sleep(0.02)
 
-    await asyncio.wait_for(until(2), 5)
+    await asyncio.wait_for(until(2), 30)
     assert sent[1] - t0 >= 0.99
     await asyncio.sleep(0.2)
     assert len(sent) == 2
