@@ -297,3 +297,19 @@ def test_turn_relay_is_allocated_with_a_minted_credential(
     results = check(production_site, closed, "turn")
     assert {r.status for r in results} == {"fail"}
     assert all("no answer" in r.message for r in results), results
+
+
+def test_journal_retention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from madoguchi.doctor import journal
+
+    ctx = Context(cfg=None)  # type: ignore[arg-type]
+    monkeypatch.setattr(journal, "CONF", tmp_path / "journald@madoguchi.conf")
+    assert journal.journal_retention(ctx).status == "warn"  # not installed
+    shutil.copy(REPO / "config/systemd/journald@madoguchi.conf", journal.CONF)
+    result = journal.journal_retention(ctx)
+    assert result.status == "ok" and "gone within 24 h" in result.message
+    journal.CONF.write_text("[Journal]\nMaxRetentionSec=1day\nMaxFileSec=1h\n")
+    result = journal.journal_retention(ctx)
+    assert result.status == "fail" and "up to 26 h" in result.message
+    journal.CONF.write_text("[Journal]\nStorage=persistent\n")
+    assert journal.journal_retention(ctx).status == "fail"

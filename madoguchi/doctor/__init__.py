@@ -43,6 +43,7 @@ CHECK_MODULES = (
     "madoguchi.doctor.redis",         # Redis keeps no copy on disk (save / appendonly)
     "madoguchi.doctor.recording",     # recording folder writable, free space
     "madoguchi.doctor.clock",         # clock synchronised (timedatectl / chronyc)
+    "madoguchi.doctor.journal",       # journald forgets the logs within 24 h
     "madoguchi.doctor.ports",         # listener ports free and bindable
 )
 
