@@ -133,7 +133,7 @@ def _install_app(app: Path) -> bool:
 
 @pytest.fixture
 def deployment(production_site: ProductionSite, kannel: Kannel) -> Iterator[Deployment]:
-    for tool in ("adduser", "runuser", DEBIAN_PYTHON):
+    for tool in ("adduser", "runuser", "setpriv", DEBIAN_PYTHON):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is missing (Debian 12 has it)")
     if os.geteuid() != 0:
@@ -186,6 +186,13 @@ LOOPBACK_MEDIA = {
     "MADOGUCHI_SFU_UDP_PORT_MAX": "0",
     "MADOGUCHI_SFU_USE_UVLOOP": "false",
 }
+
+
+def as_service(user: str) -> list[str]:
+    """Run as the unit would: the service user, NoNewPrivileges=yes and a capability bounding
+    set of CAP_NET_BIND_SERVICE only (setpriv; no capability is raised: ports here are high)."""
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+            "--no-new-privs", "--bounding-set=-all,+net_bind_service", "--inh-caps=-all", "--"]
 
 
 def _issued_client(d: Deployment, out: str, tmp: Path) -> tuple[Path, Path]:
@@ -263,7 +270,7 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            ["runuser", "-u", d.user, "--", str(d.path("APP") / ".venv/bin/madoguchi"), "serve",
+            [*as_service(d.user), str(d.path("APP") / ".venv/bin/madoguchi"), "serve",
              "--config", str(d.path("ETC") / "madoguchi.toml")],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             preexec_fn=lambda: os.umask(0o077))  # UMask=0077 of the unit
@@ -280,6 +287,11 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
                 return False
 
         wait_for(healthy, timeout=60, what="serve /healthz")
+        status = Path(f"/proc/{proc.pid}/status").read_text()  # setpriv and sh exec'd: the server
+        assert re.search(rf"^Uid:\s+{uid}\s", status, re.M), status
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+        assert re.search(r"^CapBnd:\s+0000000000000400$", status, re.M)  # CAP_NET_BIND_SERVICE
+        assert re.search(r"^CapEff:\s+0000000000000000$", status, re.M)
         cert, key = _issued_client(d, issued, tmp_path)
         certs = DevCerts(dir=tmp_path, ca=d.site.trust, ca_key=tmp_path, server_cert=tmp_path,
                          server_key=tmp_path, staff_ca=tmp_path, staff_ca_key=tmp_path,
@@ -303,7 +315,7 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
 
     # madoguchi-retention.service has MemoryDenyWriteExecute=yes: one run under the rule.
     retention = subprocess.run(
-        ["runuser", "-u", d.user, "--", str(d.path("APP") / ".venv/bin/madoguchi"), "retention",
+        [*as_service(d.user), str(d.path("APP") / ".venv/bin/madoguchi"), "retention",
          "--once", "--config", str(d.path("ETC") / "madoguchi.toml")],
         capture_output=True, text=True, env=env | {"MDG_TEST_MDWE": "1"}, timeout=120,
         preexec_fn=lambda: os.umask(0o077))
