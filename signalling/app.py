@@ -126,7 +126,8 @@ class Server:
         return app
 
     def citizen_app(self) -> web.Application:
-        app = self._base_app("citizen", [])
+        from signalling.websecurity import foreign_origin_middleware
+        app = self._base_app("citizen", [foreign_origin_middleware(self.cfg.server.public_url)])
         app[citizen_site.SERVICE] = self.service
         app[citizen_site.LIMITER] = citizen_site.AddressRateLimiter(
             self.cfg.links.lookups_per_minute, self.cfg.links.limiter_max_addresses)

@@ -145,6 +145,8 @@ async def citizen_socket(request: web.Request) -> web.WebSocketResponse:
     except TimeoutError:
         await ws.close(code=4401, message=b"auth timeout")
         return ws
+    if ws.closed:  # the first frame was too big (closed 1009) or the phone left
+        return ws
     message = ws_object(first)
     c = None
     if message and message.get("type") == "auth" and isinstance(message.get("token"), str):

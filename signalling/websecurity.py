@@ -261,6 +261,27 @@ def csrf_middleware(allowed_origin: str | Iterable[str] | Callable[[], Iterable[
     return middleware
 
 
+def foreign_origin_middleware(public_url: str) -> Middleware:
+    """The citizen site: refuse a state-changing request or WebSocket upgrade whose
+    ``Origin`` is another site (a page elsewhere driving the phone's browser). Browsers
+    always send Origin on these; a request without one (no browser) passes: the link
+    token or the signalling token is its credential."""
+    public = f"{urlsplit(public_url).scheme}://{urlsplit(public_url).netloc}".lower()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and (request.method not in SAFE_METHODS
+                                   or is_websocket_upgrade(request)):
+            own = f"{request.scheme}://{request.host}".lower()
+            if origin.rstrip("/").lower() not in (public, own):
+                _refused(request, "citizen_origin")
+                return json_error(403, "bad_origin", "Cross-origin request refused.")
+        return await handler(request)
+
+    return middleware
+
+
 def _refused(request: web.Request, why: str) -> None:
     event(log, "csrf_refused", logging.WARNING, reason=why, method=request.method,
           route=_route_name(request))
