@@ -112,6 +112,14 @@ def nada(accounts: tuple[StaffClient, ...]) -> StaffClient:
     return accounts[0]
 
 
+@pytest.fixture
+async def phone(security_server: ServerHandle) -> AsyncIterator[aiohttp.ClientSession]:
+    """A phone's browser: server TLS only."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=security_server.citizen_ssl())) as http:
+        yield http
+
+
 def concrete(route: Route, cid: str) -> str:
     return route.path.replace(SAMPLE["cid"], cid)
 
@@ -268,7 +276,8 @@ async def test_another_wards_consultation_is_not_found(
 
 
 async def test_oversized_bodies_and_socket_frames(
-        security_server: ServerHandle, nada: StaffClient) -> None:
+        security_server: ServerHandle, nada: StaffClient,
+        phone: aiohttp.ClientSession) -> None:
     server = security_server
     assert nada.session is not None  # (for mypy)
     big = b'{"x": "' + b"a" * MAX_BYTES + b'"}'
@@ -279,41 +288,39 @@ async def test_oversized_bodies_and_socket_frames(
             yield big[i:i + 8192]
 
     problems = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
-            ssl=server.citizen_ssl())) as phone:
-        targets = [(phone, server.citizen_url, r, {}) for r in CITIZEN_POSTS] + \
-                  [(nada.session, server.staff_url, r, nada.headers) for r in API_POSTS
-                   if r.path != "/api/logout"]  # ignores bodies; would end the session
-        for http, base, route, headers in targets:
-            for how, data in (("sized", big), ("chunked", chunks())):
-                async with http.post(base + route.path, data=data, headers={
-                        **headers, "Content-Type": "application/json"}) as r:
-                    problem = judge_json_4xx(f"{route.id} {how}", r.status, await r.text())
-                    # Routes that read a body refuse it as too large; the others (end,
-                    # resend, revoke) never read it and answer for the missing id.
-                    if not problem and route.pattern in FIELDS and r.status != 413:
-                        problem = f"{route.id} {how}: {r.status}, not 413"
-                    if problem:
-                        problems.append(problem)
-        for name, http, base in (("citizen", phone, server.citizen_url),
-                                 ("staff", nada.session, server.staff_url)):
-            sock = await http.ws_connect(wss(base) + SOCKETS[name], origin=base)
-            await sock.send_str("x" * (MAX_BYTES + 1))
+    targets = [(phone, server.citizen_url, r, {}) for r in CITIZEN_POSTS] + \
+              [(nada.session, server.staff_url, r, nada.headers) for r in API_POSTS
+               if r.path != "/api/logout"]  # ignores bodies; would end the session
+    for http, base, route, headers in targets:
+        for how, data in (("sized", big), ("chunked", chunks())):
+            async with http.post(base + route.path, data=data, headers={
+                    **headers, "Content-Type": "application/json"}) as r:
+                problem = judge_json_4xx(f"{route.id} {how}", r.status, await r.text())
+                # Routes that read a body refuse it as too large; the others (end,
+                # resend, revoke) never read it and answer for the missing id.
+                if not problem and route.pattern in FIELDS and r.status != 413:
+                    problem = f"{route.id} {how}: {r.status}, not 413"
+                if problem:
+                    problems.append(problem)
+    for name, http, base in (("citizen", phone, server.citizen_url),
+                             ("staff", nada.session, server.staff_url)):
+        sock = await http.ws_connect(wss(base) + SOCKETS[name], origin=base)
+        await sock.send_str("x" * (MAX_BYTES + 1))
+        msg = await sock.receive(timeout=10)
+        while msg.type == aiohttp.WSMsgType.TEXT:
             msg = await sock.receive(timeout=10)
-            while msg.type == aiohttp.WSMsgType.TEXT:
-                msg = await sock.receive(timeout=10)
-            # 1009, or 1006 when the unread rest of the frame made the server's close a
-            # TCP reset that overtook its close frame: either way the socket is gone.
-            if sock.close_code not in (1009, 1006):
-                problems.append(f"{name} socket: {msg.type} close {sock.close_code}")
-            await sock.close()
-            # ... and the server is fine: a new socket works.
-            sock = await http.ws_connect(wss(base) + SOCKETS[name], origin=base)
-            await sock.send_json({"type": "auth", "token": "x"} if name == "citizen"
-                                 else {"type": "nope"})
-            if (await sock.receive_json(timeout=10)).get("type") not in ("error", "ready"):
-                problems.append(f"{name} socket does not answer after an oversized frame")
-            await sock.close()
+        # 1009, or 1006 when the unread rest of the frame made the server's close a
+        # TCP reset that overtook its close frame: either way the socket is gone.
+        if sock.close_code not in (1009, 1006):
+            problems.append(f"{name} socket: {msg.type} close {sock.close_code}")
+        await sock.close()
+        # ... and the server is fine: a new socket works.
+        sock = await http.ws_connect(wss(base) + SOCKETS[name], origin=base)
+        await sock.send_json({"type": "auth", "token": "x"} if name == "citizen"
+                             else {"type": "nope"})
+        if (await sock.receive_json(timeout=10)).get("type") not in ("error", "ready"):
+            problems.append(f"{name} socket does not answer after an oversized frame")
+        await sock.close()
     problems += log_problems(server, log_start)
     assert problems == []
 
@@ -322,45 +329,44 @@ async def test_oversized_bodies_and_socket_frames(
 
 
 async def test_malformed_json_and_wrong_types_on_every_api_route(
-        security_server: ServerHandle, nada: StaffClient) -> None:
+        security_server: ServerHandle, nada: StaffClient,
+        phone: aiohttp.ClientSession) -> None:
     server = security_server
     assert nada.session is not None  # (for mypy)
     log_start = server.log_path.stat().st_size
     problems = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
-            ssl=server.citizen_ssl())) as phone:
-        targets = [(phone, server.citizen_url, r, {}) for r in CITIZEN_POSTS] + \
-                  [(nada.session, server.staff_url, r, nada.headers) for r in API_POSTS
-                   if r.path != "/api/logout"]
-        for http, base, route, headers in targets:
-            bodies = [(name, raw, "application/json") for name, raw in MALFORMED.items()]
-            bodies.append(("form", b"phone=1&token=2", "application/x-www-form-urlencoded"))
-            fields = FIELDS.get(route.pattern, ())
-            for field in fields:
-                for value in WRONG_TYPES:
-                    good = {f: "x" for f in fields if f != field}
-                    raw = json.dumps({**good, field: value}).encode()
-                    bodies.append((f"{field}={str(value)[:12]!r}", raw, "application/json"))
-            for name, raw, content_type in bodies:
-                async with http.post(base + route.path, data=raw, headers={
-                        **headers, "Content-Type": content_type}) as r:
-                    problem = judge_json_4xx(f"{route.id} {name}", r.status, await r.text())
-                    if problem:
-                        problems.append(problem)
-                    check_headers(r.headers, "staff" if base == server.staff_url else "citizen")
-        # Garbage on the staff socket: one clear error each, the socket stays usable
-        # (the citizen socket's garbage: test_signalling_api).
-        sock = await nada.session.ws_connect(wss(server.staff_url) + SOCKETS["staff"],
-                                             origin=server.staff_url)
-        for raw in MALFORMED.values():
-            await sock.send_str(raw.decode(errors="replace"))
-        await sock.send_json({"type": "view", "id": 12, "sdp": None})
-        errors = 0
-        while errors < len(MALFORMED) + 1:
-            msg = await sock.receive_json(timeout=10)
-            errors += msg.get("type") == "error"
-        await sock.send_json({"type": "leave", "id": "0"})
-        await sock.close()
+    targets = [(phone, server.citizen_url, r, {}) for r in CITIZEN_POSTS] + \
+              [(nada.session, server.staff_url, r, nada.headers) for r in API_POSTS
+               if r.path != "/api/logout"]
+    for http, base, route, headers in targets:
+        bodies = [(name, raw, "application/json") for name, raw in MALFORMED.items()]
+        bodies.append(("form", b"phone=1&token=2", "application/x-www-form-urlencoded"))
+        fields = FIELDS.get(route.pattern, ())
+        for field in fields:
+            for value in WRONG_TYPES:
+                good = {f: "x" for f in fields if f != field}
+                raw = json.dumps({**good, field: value}).encode()
+                bodies.append((f"{field}={str(value)[:12]!r}", raw, "application/json"))
+        for name, raw, content_type in bodies:
+            async with http.post(base + route.path, data=raw, headers={
+                    **headers, "Content-Type": content_type}) as r:
+                problem = judge_json_4xx(f"{route.id} {name}", r.status, await r.text())
+                if problem:
+                    problems.append(problem)
+                check_headers(r.headers, "staff" if base == server.staff_url else "citizen")
+    # Garbage on the staff socket: one clear error each, the socket stays usable
+    # (the citizen socket's garbage: test_signalling_api).
+    sock = await nada.session.ws_connect(wss(server.staff_url) + SOCKETS["staff"],
+                                         origin=server.staff_url)
+    for raw in MALFORMED.values():
+        await sock.send_str(raw.decode(errors="replace"))
+    await sock.send_json({"type": "view", "id": 12, "sdp": None})
+    errors = 0
+    while errors < len(MALFORMED) + 1:
+        msg = await sock.receive_json(timeout=10)
+        errors += msg.get("type") == "error"
+    await sock.send_json({"type": "leave", "id": "0"})
+    await sock.close()
     problems += log_problems(server, log_start)
     assert problems == []
 
@@ -369,27 +375,26 @@ async def test_malformed_json_and_wrong_types_on_every_api_route(
 
 
 async def test_security_headers_and_no_banner_on_every_answer(
-        security_server: ServerHandle, nada: StaffClient) -> None:
+        security_server: ServerHandle, nada: StaffClient,
+        phone: aiohttp.ClientSession) -> None:
     server = security_server
     assert nada.session is not None  # (for mypy)
     problems = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
-            ssl=server.citizen_ssl())) as phone:
-        requests = [("citizen", phone, server.citizen_url, r, {}) for r in CITIZEN_ROUTES] + \
-                   [("staff", nada.session, server.staff_url, r, nada.headers)
-                    for r in STAFF_ROUTES if r.path != "/api/logout"]
-        for site, http, base, route, headers in requests:
-            kw: dict[str, Any] = {"json": {"token": SAMPLE["token"]}} \
-                if route.method == "POST" else {}
-            async with http.request(route.method, base + route.path, headers=headers,
-                                    **kw) as r:
-                await r.read()
-                if r.status >= 500:
-                    problems.append(f"{site} {route.id}: {r.status}")
-                if r.headers.get("Server") != "madoguchi":
-                    problems.append(f"{site} {route.id}: Server {r.headers.get('Server')}")
-                try:
-                    check_headers(r.headers, site)
-                except (AssertionError, KeyError) as exc:
-                    problems.append(f"{site} {route.id}: header {exc}")
+    requests = [("citizen", phone, server.citizen_url, r, {}) for r in CITIZEN_ROUTES] + \
+               [("staff", nada.session, server.staff_url, r, nada.headers)
+                for r in STAFF_ROUTES if r.path != "/api/logout"]
+    for site, http, base, route, headers in requests:
+        kw: dict[str, Any] = {"json": {"token": SAMPLE["token"]}} \
+            if route.method == "POST" else {}
+        async with http.request(route.method, base + route.path, headers=headers,
+                                **kw) as r:
+            await r.read()
+            if r.status >= 500:
+                problems.append(f"{site} {route.id}: {r.status}")
+            if r.headers.get("Server") != "madoguchi":
+                problems.append(f"{site} {route.id}: Server {r.headers.get('Server')}")
+            try:
+                check_headers(r.headers, site)
+            except (AssertionError, KeyError) as exc:
+                problems.append(f"{site} {route.id}: header {exc}")
     assert problems == []
