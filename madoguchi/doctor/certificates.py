@@ -78,6 +78,9 @@ def server_certificate(ctx: Context) -> Results:
                     "the key must belong to the first certificate of the chain file")
     results = [_expiry(f"server certificate {chain[0].subject.rfc4514_string()}", chain[0],
                        SERVER_WARN_DAYS, "renew it (certbot renew) and restart madoguchi")]
+    if not host:
+        return [*results, fail("public_url has no host name to verify the certificate for",
+                               'set [server] public_url = "https://<name>"')]
     client = ssl.create_default_context()  # the system's CAs (SSL_CERT_FILE if set)
     try:
         handshake(server, client, host)
@@ -124,6 +127,8 @@ def staff_crl(ctx: Context) -> Result:
     if not tls.staff_crl:
         return fail("[tls] staff_crl is not set: a revoked office PC could still connect",
                     "set it to the staff-crl.pem written by madoguchi certs init")
+    if not tls.staff_ca:
+        return fail("the CRL cannot be checked without [tls] staff_ca", "madoguchi certs init")
     try:
         pem = Path(tls.staff_crl).read_bytes()
         crl = x509.load_pem_x509_crl(pem)
