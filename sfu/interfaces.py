@@ -86,6 +86,13 @@ class Room(Protocol):
         """Answer a staff viewer's offer (video recvonly, audio sendrecv). Raises SfuError."""
         ...
 
+    async def add_candidate(self, viewer_id: str | None, candidate: object, index: object,
+                            sdp_mid: object = None) -> bool:
+        """A remote candidate trickled after the offer by the citizen (``viewer_id`` None)
+        or a viewer ("" = end of candidates). Passes the same candidate policy as the
+        offer's (sfu/candidates.py); False when not used. SfuError if malformed."""
+        ...
+
     async def disconnect_staff(self, viewer_id: str) -> None: ...
 
     def send_to_citizen(self, message: dict[str, Any]) -> bool:

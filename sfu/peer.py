@@ -3,7 +3,8 @@
 Wraps an aiortc :class:`RTCPeerConnection` configured the SFU's way: explicit ICE
 servers, configured host addresses, 4 MiB receive buffers, hooked receivers and senders
 (see hooks.py), codec preferences forced, every received track drained, arrival stamps
-on the media socket. Non-trickle offer/answer.
+on the media socket. The browser may trickle its candidates after the offer
+(:meth:`Peer.add_candidate`); the answer carries all of ours (aiortc gathers first).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
 from madoguchi.logs import event
-from madoguchi.metrics import SFU_ERRORS
+from madoguchi.metrics import SFU_CANDIDATES_REFUSED, SFU_ERRORS
 
 from . import hooks, ice, twcc
 from .candidates import CandidatePolicy, SectionBudget
@@ -131,6 +132,23 @@ class Peer:
         for transport in self._ice_transports():
             ice.tune_sockets(transport._connection, self.settings.udp_rcvbuf_bytes)
         return rewrite_answer_addresses(answer, ice.advertised_map(self.settings.host_addresses))
+
+    async def add_candidate(self, candidate: str, index: int, sdp_mid: str | None) -> bool:
+        """A trickled remote candidate ("" = the browser finished gathering). False when
+        the candidate policy refuses it (counted) or the peer is gone."""
+        if self.closed:
+            return False
+        if not candidate:
+            await self.pc.addIceCandidate(None)
+            return True
+        reason = self.candidates.admit(str(index), candidate)
+        if reason is not None:
+            SFU_CANDIDATES_REFUSED.labels(reason=reason).inc()
+            return False
+        parsed = aiortc_sdp.candidate_from_sdp(candidate.removeprefix("candidate:"))
+        parsed.sdpMid, parsed.sdpMLineIndex = sdp_mid, index
+        await self.pc.addIceCandidate(parsed)
+        return True
 
     def _ice_transports(self) -> list[Any]:
         seen: dict[int, Any] = {}

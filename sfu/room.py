@@ -15,7 +15,7 @@ from typing import Any
 from aiortc.rtp import RtpPacket
 
 from madoguchi.logs import event
-from madoguchi.metrics import ACTIVE_PEERS, SFU_ERRORS
+from madoguchi.metrics import ACTIVE_PEERS, SFU_CANDIDATES_REFUSED, SFU_ERRORS
 
 from . import sdp as sdp_check
 from .candidates import SectionBudget
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_VIEWER_ID = 128
 MAX_MESSAGE_BYTES = 16 * 1024
+MAX_CANDIDATE_CHARS = 512
 WATCHDOG_INTERVAL = 1.0
 
 
@@ -145,6 +146,24 @@ class LocalRoom:
         if old is not None:
             await self._drop_peer(old, notify=False)
         return answer
+
+    async def add_candidate(self, viewer_id: str | None, candidate: object, index: object,
+                            sdp_mid: object = None) -> bool:
+        """A candidate trickled by the citizen (viewer_id None) or a viewer after its offer.
+        Raises SfuError for a malformed message; False when the candidate is not used."""
+        if not isinstance(candidate, str) or len(candidate) > MAX_CANDIDATE_CHARS \
+                or not isinstance(index, int) or isinstance(index, bool) \
+                or not 0 <= index < 16 \
+                or not (sdp_mid is None or (isinstance(sdp_mid, str) and len(sdp_mid) <= 32)):
+            raise SfuError("a candidate needs candidate (text), sdpMLineIndex and sdpMid")
+        peer = self.citizen if viewer_id is None else self.staff.get(viewer_id)
+        if peer is None:
+            return False
+        try:
+            return await peer.add_candidate(candidate, index, sdp_mid)
+        except Exception:  # aiortc's parser: malformed candidate text
+            SFU_CANDIDATES_REFUSED.labels(reason="malformed").inc()
+            return False
 
     async def disconnect_staff(self, viewer_id: str) -> None:
         peer = self.staff.get(viewer_id)

@@ -190,6 +190,11 @@ async def _handle_citizen(ws: web.WebSocketResponse, service: ConsultationServic
             await ws.send_json({"type": "error", "error": exc.code, "message": exc.message})
             return
         await ws.send_json({"type": "answer", "sdp": answer})
+    elif kind == "candidate":
+        try:
+            await service.candidate(cid, None, data)
+        except ConsultationError as exc:
+            await ws.send_json({"type": "error", "error": exc.code, "message": exc.message})
     elif kind == "ack":
         service.citizen_ack(cid, data.get("id"))
     elif kind == "end":

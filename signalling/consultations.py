@@ -457,6 +457,18 @@ class ConsultationService:
             await self._start_recording(c, room)
         return answer
 
+    async def candidate(self, cid: str, viewer_id: str | None, data: dict[str, Any]) -> None:
+        """A trickled ICE candidate for the citizen's (viewer_id None) or a viewer's peer;
+        ignored when the room is gone, ConsultationError when malformed."""
+        if cid not in self._rooms_wired:
+            return
+        try:
+            await self.sfu.room(cid).add_candidate(viewer_id, data.get("candidate"),
+                                                   data.get("sdpMLineIndex"),
+                                                   data.get("sdpMid"))
+        except SfuError as exc:
+            raise ConsultationError("bad_candidate", str(exc), 400) from None
+
     async def citizen_end(self, cid: str) -> None:
         await self.end(cid, "citizen")
 

@@ -225,7 +225,7 @@ async def _handle_staff(ws: web.WebSocketResponse, service: ConsultationService,
                         socket_id: str, viewing: set[str], data: dict[str, Any]) -> None:
     kind = data.get("type")
     cid = data.get("id")
-    if kind not in ("view", "leave", "end") or not isinstance(cid, str):
+    if kind not in ("view", "candidate", "leave", "end") or not isinstance(cid, str):
         await ws.send_json({"type": "error", "error": "unknown_message",
                             "message": "Unknown message type."})
         return
@@ -238,6 +238,9 @@ async def _handle_staff(ws: web.WebSocketResponse, service: ConsultationService,
             answer = await service.staff_view(actor, cid, viewer_id, sdp)
             viewing.add(cid)
             await ws.send_json({"type": "answer", "id": cid, "sdp": answer})
+        elif kind == "candidate":
+            if cid in viewing:  # only for a peer this socket's offer made
+                await service.candidate(cid, viewer_id, data)
         elif kind == "leave":
             viewing.discard(cid)
             await service.staff_leave(cid, viewer_id)

@@ -14,6 +14,7 @@ from madoguchi.config import SfuConfig
 from madoguchi.metrics import SFU_CANDIDATES_REFUSED
 from sfu import ice, sdp
 from sfu.candidates import CandidatePolicy, SectionBudget
+from sfu.interfaces import SfuError
 from sfu.sfu import LocalSfu
 
 HOSTILE = [f"127.0.0.{i}" for i in range(2, 22)]  # 20 addresses on loopback, not the SFU's
@@ -146,6 +147,39 @@ async def test_hostile_offer_draws_no_stun(vp8_clip: Clip, listeners: list[socke
                     break
                 await asyncio.sleep(0.05)
             assert received(listeners, counts) > 0
+    finally:
+        await client.close()
+        await sfu.close()
+
+
+async def test_trickled_candidates_pass_the_same_policy(vp8_clip: Clip,
+                                                        listeners: list[socket.socket]) -> None:
+    """Offer without candidates (trickle ICE), then candidates one by one: the citizen's
+    own connects, the hostile ones are refused, malformed messages are errors."""
+    sfu = LocalSfu(SfuConfig(host_addresses=["127.0.0.1"],
+                             allowed_candidate_networks=["127.0.0.1/32"]))
+    client = citizen_client(vp8_clip)
+    room = sfu.room("trickle")
+    counts: dict[int, int] = {}
+    try:
+        offer = await client.offer()
+        own = [ln[2:] for ln in offer.split("\r\n") if ln.startswith("a=candidate:")]
+        bare = "\r\n".join(ln for ln in offer.split("\r\n")
+                           if not ln.startswith(("a=candidate:", "a=end-of-candidates")))
+        await client.accept(await room.connect_citizen(bare))
+        for s in listeners:
+            host, port = s.getsockname()
+            assert await room.add_candidate(None, cand(host, port)[2:], 0, "0") is False
+        assert await room.add_candidate(None, own[0], 0, "0") is True
+        assert await room.add_candidate(None, "", 0, None) is True  # end of candidates
+        await asyncio.wait_for(client.connected.wait(), 10)
+        assert received(listeners, counts) == 0, counts
+        for bad in [(None, 0, "0"), ("x" * 600, 0, "0"), (own[0], "0", "0"),
+                    (own[0], -1, "0"), (own[0], 0, 7)]:
+            with pytest.raises(SfuError):
+                await room.add_candidate(None, *bad)
+        assert await room.add_candidate(None, "candidate:1 1 udp", 0, "0") is False
+        assert await room.add_candidate("nobody", own[0], 0, "0") is False
     finally:
         await client.close()
         await sfu.close()

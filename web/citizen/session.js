@@ -1,5 +1,6 @@
-// One signalling + WebRTC session of the citizen: /ws/citizen, non-trickle offer,
-// camera video + microphone audio sent, staff audio received, data channel "madoguchi".
+// One signalling + WebRTC session of the citizen: /ws/citizen, trickle ICE (offer at
+// once, candidates after it), camera video + microphone audio sent, staff audio
+// received, data channel "madoguchi".
 // A media path that drops (ICE disconnected: Wi-Fi <-> LTE, a tunnel) is reported with
 // onReconnecting; if it does not come back by itself within RENEGOTIATE_AFTER_MS, or ICE
 // fails, the session offers a new peer connection on the SAME socket (the server has no
@@ -7,7 +8,7 @@
 // room, numbering continuous, no new consent, staff viewers untouched). Only when the
 // socket itself is lost is onLost reported; the page then opens a new session.
 
-import { iceGatheringComplete, normalizeIceServers, wsUrl } from "/common/rtc.js";
+import { normalizeIceServers, trickleCandidates, wsUrl } from "/common/rtc.js";
 
 const CONNECT_TIMEOUT_MS = 25000;
 const RENEGOTIATE_AFTER_MS = 3000;
@@ -175,10 +176,14 @@ export class CallSession {
       }
     });
     pc.addEventListener("connectionstatechange", () => { if (this.pc === pc) this.onConnectionState(); });
-    await pc.setLocalDescription(await pc.createOffer());
-    await iceGatheringComplete(pc, 5000);
+    const startTrickle = trickleCandidates(pc, (c) => {
+      if (this.pc === pc) this.send({ type: "candidate", ...c });
+    });
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
     if (this.closed || this.pc !== pc) return;
-    this.awaitingAnswer = this.send({ type: "offer", sdp: pc.localDescription.sdp });
+    this.awaitingAnswer = this.send({ type: "offer", sdp: offer.sdp });
+    startTrickle();
     this.later(() => {
       if (this.pc === pc && this.awaitingAnswer) this.lost("no_answer");
     }, ANSWER_TIMEOUT_MS);

@@ -16,6 +16,33 @@ export function normalizeIceServers(list) {
   return out;
 }
 
+/**
+ * Trickle ICE: call before setLocalDescription; the offer (createOffer's SDP, without
+ * candidates) goes at once, then every gathered candidate through
+ * send({candidate, sdpMid, sdpMLineIndex}) and finally {candidate: ""} (gathering done).
+ * Candidates found before the offer was sent wait for the returned start().
+ */
+export function trickleCandidates(pc, send) {
+  const queue = [];
+  let started = false;
+  let done = false;
+  const emit = (c) => {
+    if (done) return;
+    if (!c) done = true;
+    send(c ? { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex }
+      : { candidate: "", sdpMid: null, sdpMLineIndex: 0 });
+  };
+  pc.addEventListener("icecandidate", (ev) => {
+    const c = ev.candidate && ev.candidate.candidate ? ev.candidate : null;
+    if (started) emit(c);
+    else queue.push(c);
+  });
+  return () => {
+    started = true;
+    for (const c of queue.splice(0)) emit(c);
+  };
+}
+
 /** Resolves when ICE gathering is complete (non-trickle signalling) or after timeoutMs. */
 export function iceGatheringComplete(pc, timeoutMs = 5000) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();

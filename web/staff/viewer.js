@@ -1,7 +1,7 @@
 // The live viewer: receives the citizen's video + audio, sends the staff microphone,
-// pushes links, ends the call. Offer: video recvonly, audio sendrecv (non-trickle).
+// pushes links, ends the call. Offer: video recvonly, audio sendrecv (trickle ICE: candidates follow the offer).
 
-import { epochMs, iceGatheringComplete, normalizeIceServers } from "/common/rtc.js";
+import { epochMs, normalizeIceServers, trickleCandidates } from "/common/rtc.js";
 
 const OPEN = new Set(["created", "sms_sent", "opened", "consented", "live"]);
 const QUIET_RECORDING = new Set(["recording", "pending", "off", "done"]);
@@ -143,15 +143,20 @@ export class Viewer {
       if (pc.connectionState === "failed") this.failed();
       else if (pc.connectionState === "connected" && !this.lastFrame) this.setStatus("waiting");
     });
+    const startTrickle = trickleCandidates(pc, (c) => {
+      if (this.pc === pc) this.socket.send({ type: "candidate", id, ...c });
+    });
+    let offer;
     try {
-      await pc.setLocalDescription(await pc.createOffer());
-      await iceGatheringComplete(pc, 5000);
+      offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
     } catch (err) {
       if (this.pc === pc) this.failed(String((err && err.message) || err));
       return;
     }
     if (this.pc !== pc) return;
-    if (!this.socket.send({ type: "view", id, sdp: pc.localDescription.sdp })) this.failed();
+    if (!this.socket.send({ type: "view", id, sdp: offer.sdp })) this.failed();
+    startTrickle();
   }
 
   onTrack(track) {
