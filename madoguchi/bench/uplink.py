@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from madoguchi.config import SfuConfig
+from madoguchi.metrics import KEYFRAME_REQUESTS
 from sfu.room import LocalRoom
 from sfu.sfu import LocalSfu
 
@@ -129,6 +130,13 @@ async def _blank_page(_request: web.Request) -> web.Response:
     return web.Response(text="<!doctype html><title>uplink</title>", content_type="text/html")
 
 
+def _reasons() -> str:
+    """Keyframe requests by reason, from the process's metric."""
+    counts = {s.labels["reason"]: int(s.value) for m in KEYFRAME_REQUESTS.collect()
+              for s in m.samples if s.name.endswith("_total") and s.value}
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
 class UplinkCall:
     """A citizen page and (optionally) a viewer page in ``browser``, through one SFU room."""
 
@@ -145,6 +153,7 @@ class UplinkCall:
 
     async def _start(self) -> None:
         self.sfu = LocalSfu(SfuConfig(host_addresses=["127.0.0.1"], ice_servers=[],
+                                      allowed_candidate_networks=["127.0.0.1/32"],
                                       transport_cc=self.transport_cc))
         self.room = self.sfu.room("uplink-bench")
         app = web.Application()
@@ -185,6 +194,18 @@ class UplinkCall:
         assert self.room is not None and self.room.citizen is not None
         video = next(s for s in self.room.citizen.streams if s.kind == "video")
         return video.twcc.sent if video.twcc is not None else 0
+
+    def sfu_counters(self) -> str:
+        """What the SFU saw of the citizen: feedback and receive-queue counters."""
+        assert self.room is not None and self.room.citizen is not None
+        peer = self.room.citizen
+        video = next(s for s in peer.streams if s.kind == "video")
+        fb = video.twcc
+        feedback = (f"feedback_packets={fb.sent} reported={fb.recorded} late={fb.late}"
+                    if fb is not None else "feedback=off")
+        return (f"SFU {feedback} rtx_received={video.rtx_packets} "
+                f"keyframe_requests={video.keyframes.sent} ({_reasons()}) "
+                f"receive_queue_dropped={sum(s.dropped for s in peer.stamps)}")
 
     def close(self) -> None:
         for page in self.pages.values():
@@ -232,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 call.start()
                 rows = _sample(call, args, handle)
+                print(call.sfu_counters())
             finally:
                 call.close()
                 browser.close()
