@@ -76,10 +76,13 @@ OFFER_JS = """async (kind) => {
 ANSWER_JS = "async (sdp) => window.pc.setRemoteDescription({type: 'answer', sdp})"
 STATS_JS = """async () => {
   const out = {};
-  (await window.pc.getStats()).forEach((s) => {
-    if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded')
-      out.available = s.availableOutgoingBitrate || 0;
-    if (s.type === 'transport') out.transportPackets = s.packetsReceived || 0;
+  const report = await window.pc.getStats();
+  report.forEach((s) => {
+    if (s.type === 'transport') {
+      out.transportPackets = s.packetsReceived || 0;
+      const pair = report.get(s.selectedCandidatePairId);
+      out.available = (pair && pair.availableOutgoingBitrate) || 0;
+    }
     if (s.type === 'outbound-rtp' && s.kind === 'video') {
       out.target = s.targetBitrate || 0; out.bytesSent = s.bytesSent || 0;
       out.limit = s.qualityLimitationReason;
