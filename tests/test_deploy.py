@@ -4,9 +4,10 @@ system user: user, folders, staff CA, the certificate hook, key, secrets, config
 doctor, first account. Then ``madoguchi serve`` runs as that user with that configuration
 (loopback ports through MADOGUCHI_* variables) and one whole consultation goes through it:
 staff login with the issued office-PC certificate, SMS through the real Kannel, a citizen
-with media, a recording on disk, the end; then ``retention --once`` under the kernel's
-write-xor-execute rule (PR_SET_MDWE: what ``MemoryDenyWriteExecute=yes`` asks of systemd
-for madoguchi-retention.service). The service user's ``madoguchi`` is the suite's packages
+with media, a recording on disk, the end; then ``retention --once``. Both run as the units
+would as far as a process can arrange it: the service user, no_new_privs, only
+CAP_NET_BIND_SERVICE in the bounding set, umask 077, the unit's ``SystemCallFilter=`` as
+a seccomp allow-list, and for retention ``MemoryDenyWriteExecute=yes`` as PR_SET_MDWE. The service user's ``madoguchi`` is the suite's packages
 on Debian's /usr/bin/python3, production's interpreter.
 """
 
@@ -100,6 +101,13 @@ class Deployment:
     def path(self, name: str) -> Path:
         return Path(self.paths[name])
 
+    def syscalls(self, unit: str) -> Path:
+        """A file the service user can read: the system calls ``unit`` allows."""
+        path = self.root / f"{unit}.syscalls"
+        path.write_text("\n".join(unit_syscalls(unit)) + "\n")
+        path.chmod(0o644)
+        return path
+
     def step(self, name: str) -> subprocess.CompletedProcess[str]:
         script = "set -euo pipefail\n" + self.variables + guide_block(name)
         done = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
@@ -108,27 +116,76 @@ class Deployment:
         return done
 
 
-def _install_app(app: Path) -> bool:
+# $APP/.venv/bin/madoguchi's Python side: our packages only (python3 -S: not Debian's own
+# dist-packages with their older cryptography), and as much of the unit's sandbox as a
+# process can give itself: MDG_TEST_MDWE=1 is MemoryDenyWriteExecute=yes (PR_SET_MDWE),
+# MDG_TEST_SYSCALLS=FILE is SystemCallFilter= (an allow-list, EPERM otherwise, as
+# SystemCallErrorNumber=EPERM), loaded with Debian's python3-seccomp.
+SANDBOXED_MAIN = """\
+import ctypes, os, sys
+if os.environ.get("MDG_TEST_MDWE") == "1" and ctypes.CDLL(None).prctl(65, 1, 0, 0, 0):
+    sys.exit("PR_SET_MDWE refused")
+if os.environ.get("MDG_TEST_SYSCALLS"):
+    sys.path.append("/usr/lib/python3/dist-packages")
+    import errno, seccomp
+    sys.path.pop()
+    rules = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
+    for name in open(os.environ["MDG_TEST_SYSCALLS"]).read().split():
+        try:
+            rules.add_rule(seccomp.ALLOW, name)
+        except (RuntimeError, ValueError):
+            pass  # not a system call of this architecture
+    rules.load()
+import site
+site.addsitedir(sys.argv.pop(1))
+sys.path.insert(0, sys.argv.pop(1))
+sys.argv[0] = "madoguchi"
+from madoguchi.cli import main
+sys.exit(main())
+"""
+
+
+def _install_app(app: Path) -> None:
     """``$APP/.venv/bin/madoguchi``: this checkout and the suite's packages on Debian's
-    interpreter; with MDG_TEST_MDWE=1 under PR_SET_MDWE (MemoryDenyWriteExecute) when the
-    kernel has it. Returns whether it does."""
-    mdwe = _mdwe_supported()
-    site_packages = sysconfig.get_paths()["purelib"]
-    guard = ("import os\nif os.environ.get('MDG_TEST_MDWE') == '1' and ctypes.CDLL(None).prctl("
-             f"{PR_SET_MDWE}, {MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0):\n"
-             "    sys.exit('PR_SET_MDWE refused')\n") if mdwe else ""
+    interpreter (production's), with the sandbox switches above."""
     bin_dir = app / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    (bin_dir / "madoguchi_main.py").write_text(
-        # python3 -S: not Debian's own dist-packages (older cryptography…), only ours
-        "import ctypes, site, sys\n" + guard
-        + "site.addsitedir(sys.argv.pop(1))\nsys.path.insert(0, sys.argv.pop(1))\n"
-        "sys.argv[0] = 'madoguchi'\nfrom madoguchi.cli import main\nsys.exit(main())\n")
+    (bin_dir / "madoguchi_main.py").write_text(SANDBOXED_MAIN)
     binary = bin_dir / "madoguchi"
     binary.write_text(f"#!/bin/sh\nexec {DEBIAN_PYTHON} -S {bin_dir / 'madoguchi_main.py'} "
-                      f'{site_packages} {REPO} "$@"\n')
+                      f'{sysconfig.get_paths()["purelib"]} {REPO} "$@"\n')
     binary.chmod(0o755)
-    return mdwe
+
+
+def unit_syscalls(unit: str) -> list[str]:
+    """The system calls ``SystemCallFilter=`` of ``unit`` allows, groups expanded with
+    ``systemd-analyze syscall-filter`` (this machine's systemd)."""
+    listing = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    groups: dict[str, list[str]] = {}
+    current = ""
+    for line in listing.splitlines():
+        if line.startswith("@"):
+            current = line.strip()
+            groups[current] = []
+        elif line.strip() and not line.strip().startswith("#") and current:
+            groups[current].append(line.strip())
+    names: set[str] = set()
+
+    def add(item: str) -> None:
+        if item.startswith("@"):
+            for member in groups[item]:
+                add(member)
+        elif item not in names:
+            names.add(item)
+
+    text = (REPO / "config" / "systemd" / unit).read_text()
+    entries = [v for line in text.splitlines() if line.startswith("SystemCallFilter=")
+               for v in line.split("=", 1)[1].split()]
+    assert entries and not any(e.startswith("~") for e in entries), entries
+    for entry in ["@default", *entries]:  # @default is always allowed
+        add(entry)
+    return sorted(names)
 
 
 @pytest.fixture
@@ -136,6 +193,8 @@ def deployment(production_site: ProductionSite, kannel: Kannel) -> Iterator[Depl
     for tool in ("adduser", "runuser", "setpriv", DEBIAN_PYTHON):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is missing (Debian 12 has it)")
+    if not list(Path("/usr/lib/python3/dist-packages").glob("seccomp.*.so")):
+        pytest.fail("python3-seccomp is missing (Debian package; scripts/test installs it)")
     if os.geteuid() != 0:
         pytest.skip("the install steps run as root (adduser, runuser)")
     root = Path(f"/tmp/madoguchi-prod-deploy-{uuid.uuid4().hex[:8]}")
@@ -147,8 +206,8 @@ def deployment(production_site: ProductionSite, kannel: Kannel) -> Iterator[Depl
     shutil.copy(production_site.trust, trust)
     trust.chmod(0o644)
     env["SSL_CERT_FILE"] = str(trust)
-    d = Deployment(root, user, production_site, env, kannel)
-    d.mdwe = _install_app(d.path("APP"))
+    d = Deployment(root, user, production_site, env, kannel, _mdwe_supported())
+    _install_app(d.path("APP"))
     try:
         yield d
     finally:
@@ -187,7 +246,6 @@ def _loopback(ports: dict[str, int]) -> dict[str, str]:
         "MADOGUCHI_SFU_ALLOWED_CANDIDATE_NETWORKS": "127.0.0.1/32",
         "MADOGUCHI_SFU_UDP_PORT_MIN": "0",
         "MADOGUCHI_SFU_UDP_PORT_MAX": "0",
-        "MADOGUCHI_SFU_USE_UVLOOP": "false",
     }
 
 
@@ -267,7 +325,8 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
     password = re.search(r"^Password: (\S+)", account, re.M).group(1)  # type: ignore[union-attr]
 
     # serve as the service user, its environment as systemd would give it (EnvironmentFile)
-    env = d.env | _loopback(ports)
+    env = d.env | _loopback(ports) | {
+        "MDG_TEST_SYSCALLS": str(d.syscalls("madoguchi.service"))}
     for line in secrets_env.read_text().splitlines():
         key, _, value = line.partition("=")
         env[key] = value
@@ -296,6 +355,7 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
         assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
         assert re.search(r"^CapBnd:\s+0000000000000400$", status, re.M)  # CAP_NET_BIND_SERVICE
         assert re.search(r"^CapEff:\s+0000000000000000$", status, re.M)
+        assert re.search(r"^Seccomp:\s+2$", status, re.M)  # the unit's system call filter
         cert, key = _issued_client(d, issued, tmp_path)
         certs = DevCerts(dir=tmp_path, ca=d.site.trust, ca_key=tmp_path, server_cert=tmp_path,
                          server_key=tmp_path, staff_ca=tmp_path, staff_ca_key=tmp_path,
@@ -321,7 +381,9 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
     retention = subprocess.run(
         [*as_service(d.user), str(d.path("APP") / ".venv/bin/madoguchi"), "retention",
          "--once", "--config", str(d.path("ETC") / "madoguchi.toml")],
-        capture_output=True, text=True, env=env | {"MDG_TEST_MDWE": "1"}, timeout=120,
+        capture_output=True, text=True, timeout=120,
+        env=env | {"MDG_TEST_MDWE": "1" if d.mdwe else "0",
+                   "MDG_TEST_SYSCALLS": str(d.syscalls("madoguchi-retention.service"))},
         preexec_fn=lambda: os.umask(0o077))
     assert retention.returncode == 0, retention.stdout + retention.stderr
     assert "PR_SET_MDWE refused" not in retention.stderr
