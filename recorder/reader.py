@@ -20,7 +20,7 @@ from pathlib import Path
 
 import av
 
-from recorder.bitstream import vp8_is_keyframe
+from recorder.bitstream import avcc_nal_units, vp8_is_keyframe
 from recorder.container import h264_access_unit_is_key
 from recorder.datakey import data_key_id
 from recorder.layout import consultation_dir
@@ -37,7 +37,9 @@ class ReadError(Exception):
 class RecordedFrame:
     track: str  # "citizen-video", "citizen-audio", "staff-audio"
     pts: int  # ms on the recording timeline
-    data: bytes  # the encoded frame exactly as muxed (VP8 frame, H.264 access unit, Opus)
+    data: bytes  # the encoded frame as recorded (VP8 frame, Opus packet, H.264 access unit
+    #              in Annex B: Matroska stores length prefixes, RTP packetisers take start
+    #              codes; the NAL units are the recorded ones, unchanged)
     keyframe: bool
 
 
@@ -95,14 +97,23 @@ class RecordingReader:
             del plaintext
 
 
+def _annexb(access_unit: bytes) -> bytes:
+    """An H.264 access unit with start codes (it may be stored length-prefixed)."""
+    try:
+        nals = list(avcc_nal_units(access_unit))
+    except ValueError:
+        return access_unit  # already Annex B
+    return b"".join(b"\x00\x00\x00\x01" + nal for nal in nals)
+
+
 def _demux(plaintext: bytes) -> list[RecordedFrame]:
     out: list[RecordedFrame] = []
     try:
         with av.open(io.BytesIO(plaintext), "r") as container:
             names = {s.index: s.metadata.get("title", "") for s in container.streams}
             video = next((s for s in container.streams if s.type == "video"), None)
-            is_key = vp8_is_keyframe if video is None or video.codec_context.name == "vp8" \
-                else h264_access_unit_is_key
+            h264 = video is not None and video.codec_context.name == "h264"
+            is_key = h264_access_unit_is_key if h264 else vp8_is_keyframe
             for packet in container.demux():
                 if packet.size == 0 or packet.pts is None:
                     continue
@@ -113,6 +124,8 @@ def _demux(plaintext: bytes) -> list[RecordedFrame]:
                 tb = packet.stream.time_base
                 pts = int(packet.pts * tb * 1000) if tb else int(packet.pts)
                 key = track == TRACKS[0] and is_key(data)
+                if h264 and track == TRACKS[0]:
+                    data = _annexb(data)
                 out.append(RecordedFrame(track, pts, data, key))
     except av.FFmpegError as exc:
         raise ReadError(f"container unreadable ({type(exc).__name__})") from None

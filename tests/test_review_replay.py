@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
-from madoguchi.bench.media import ClientPeer, staff_client
+from madoguchi.bench.media import ClientPeer, split_annexb, staff_client
 from madoguchi.clock import ManualClock
 from madoguchi.config import RecordingConfig
 from recorder.datakey import data_key_id
@@ -50,6 +50,13 @@ def recording(tmp_path_factory: pytest.TempPathFactory, rec_vp8_clip: EncodedCli
     return folder, asyncio.run(make_recording(rec_vp8_clip, folder))
 
 
+@pytest.fixture(scope="module")
+def h264_recording(tmp_path_factory: pytest.TempPathFactory, rec_h264_clip: EncodedClip
+                   ) -> tuple[Path, bytes]:
+    folder = tmp_path_factory.mktemp("review-recording-h264")
+    return folder, asyncio.run(make_recording(rec_h264_clip, folder))
+
+
 def all_frames(reader: RecordingReader, track: str) -> list[RecordedFrame]:
     out = []
     for entry in reader.manifest().segments:
@@ -60,7 +67,8 @@ def all_frames(reader: RecordingReader, track: str) -> list[RecordedFrame]:
 class Review:
     """A reviewer (aiortc ClientPeer) connected to a session over loopback."""
 
-    def __init__(self, folder: Path, key: bytes, clock: ManualClock | None = None) -> None:
+    def __init__(self, folder: Path, key: bytes, clock: ManualClock | None = None,
+                 codec: str = "VP8") -> None:
         self.reader = RecordingReader(folder, CID, key)
         self.exists = True
         self.updates: list[dict[str, Any]] = []
@@ -70,7 +78,7 @@ class Review:
         holder: dict[str, ReviewSession] = {}
         settings = PeerSettings(host_addresses=["127.0.0.1"],
                                 candidate_policy=CandidatePolicy.from_config(["127.0.0.1/32"]))
-        self.replay = Replay("r1", CID, settings, "VP8",
+        self.replay = Replay("r1", CID, settings, codec,
                              on_state=lambda s: holder["s"].peer_state(s),
                              on_keyframe_request=lambda r: holder["s"].keyframe_requested(r))
 
@@ -81,7 +89,7 @@ class Review:
             review_id="r1", consultation_id=CID, reader=self.reader, replay=self.replay,
             deadline=2000.0, clock=self.clock, still_exists=still_exists,
             on_update=self.updates.append, on_end=lambda s, r: self.ended.append(r))
-        self.client: ClientPeer = staff_client("VP8")
+        self.client: ClientPeer = staff_client(codec)
 
     async def __aenter__(self) -> Review:
         answer = await self.replay.connect(await self.client.offer())
@@ -234,3 +242,16 @@ def test_timeline_markers() -> None:
     got = markers(C(), manifest, 15.0)
     assert got == [{"at": 2.5, "kind": "link_sent"}, {"at": 8.0, "kind": "gap", "seconds": 3.0},
                    {"at": 8.0, "kind": "reconnect"}], got
+
+
+async def test_h264_reviewer_receives_the_recorded_access_units(
+        h264_recording: tuple[Path, bytes]) -> None:
+    """H.264 recordings: aiortc's H.264 packetiser (STAP-A/FU-A) and depacketiser give back
+    the recorded access units (compared NAL unit by NAL unit: start codes may differ)."""
+    folder, key = h264_recording
+    async with Review(folder, key, codec="H264") as review:
+        await wait_for(lambda: len(review.video()) >= 30)
+        recorded = [split_annexb(f.data) for f in all_frames(review.reader, "citizen-video")]
+        got = [split_annexb(f.data) for f in review.video()]
+    assert review.video()[0].keyframe
+    assert got == recorded[:len(got)]
