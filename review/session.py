@@ -35,6 +35,7 @@ WATCH_SECONDS = 1.0  # deadline / deletion / peer checks
 RESYNC_MIN_SECONDS = 2.0  # at most one keyframe resync per this time (viewer PLI)
 BURST_STEP = 0.001  # RTP time between the frames of a seek's catch-up burst
 BURST_FRAMES, BURST_PAUSE = 8, 0.004  # a short pause after every 8 burst frames
+SLEEP_MIN = 0.002  # frames due sooner than this leave now, with the frame before
 CARRY_LATE = 0.1  # a run may start this late and keep the timing of the seek before it
 VIDEO = "citizen-video"
 
@@ -275,7 +276,12 @@ class ReviewSession:
                 self._read_ahead(self._segment + 1)
             due = anchor[0] + (frame.pts - anchor[1]) / 1000
             delay = due - time.monotonic()
-            if delay > 0.001 and await self._wait(delay):
+            if delay > SLEEP_MIN:
+                # a plain sleep (no timeout task per frame); a control waits at most until
+                # the next frame is due (<= one frame interval)
+                await asyncio.sleep(delay)
+            if self._wake.is_set():
+                self._wake.clear()
                 return  # a control: the outer loop re-plans
             await self.replay.send(frame.track, frame.data, due)
             self._cursor += 1
