@@ -107,6 +107,7 @@ class SfuConfig:
     udp_rcvbuf_bytes: int = 4 * 1024 * 1024
     use_uvloop: bool = True
     max_video_kbps: int = 1500
+    citizen_police_kbps: int = 4000
     transport_cc: bool = True
     peer_timeout_seconds: float = 30.0
     allowed_candidate_networks: list[str] = field(default_factory=list)

@@ -203,7 +203,7 @@ class ArrivalStamps:
     NACK/RTX and the phone's congestion control treat it as loss.
     """
 
-    __slots__ = ("_stamps", "current", "last", "limit", "dropped")
+    __slots__ = ("_stamps", "current", "last", "limit", "dropped", "bytes")
 
     def __init__(self, limit: int = RECEIVE_QUEUE_MAX) -> None:
         self._stamps: deque[float] = deque()
@@ -211,6 +211,7 @@ class ArrivalStamps:
         self.last = self.current  # newest datagram of any kind (peer liveness)
         self.limit = limit
         self.dropped = 0
+        self.bytes = 0  # every datagram received (the citizen's rate is policed on it)
 
     def attach(self, ice_transport: Any) -> None:
         """Wrap one RTCIceTransport (before its DTLS transport starts reading)."""
@@ -223,6 +224,7 @@ class ArrivalStamps:
         def data_received(data: bytes, component: int) -> None:
             t = perf()
             self.last = t
+            self.bytes += len(data)
             if len(stamps) >= self.limit:
                 self.dropped += 1
                 SFU_RECEIVE_DROPPED.inc()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,10 @@ class PeerSettings:
     peer_timeout: float = 30.0
     connect_timeout: float = 30.0
     candidate_policy: CandidatePolicy = field(default_factory=CandidatePolicy)
+    # The phone is only asked for max_video_bitrate (REMB/transport-cc): a citizen peer
+    # receiving above this on average over police_seconds is dropped (0: never).
+    police_bitrate: int = 4_000_000
+    police_seconds: float = 10.0
     udp_ports: tuple[int, int] | None = None  # (min, max) for media sockets; None: any
 
 
@@ -86,6 +91,7 @@ class Peer:
         self._dispatchers: dict[int, RtpDispatcher | None] = {}
         self.closed = False
         self.state = "new"
+        self._received: deque[tuple[float, int]] = deque()  # (instant, bytes) samples
         self._tasks: set[asyncio.Task[Any]] = set()
         self.pc.on("connectionstatechange", self._state_changed)
         self.pc.on("track", self._drain)
@@ -256,6 +262,22 @@ class Peer:
     # liveness ------------------------------------------------------------------
     def last_activity(self) -> float:
         return max((s.last for s in self.stamps), default=self.created)
+
+    def over_rate(self, now: float) -> bool:
+        """True when this peer sent more than ``police_bitrate`` on average over the last
+        ``police_seconds`` (sampled by the room's watchdog, once a second)."""
+        limit = self.settings.police_bitrate
+        if limit <= 0 or self.closed:
+            return False
+        samples = self._received
+        samples.append((now, sum(s.bytes for s in self.stamps)))
+        window = self.settings.police_seconds
+        while len(samples) > 2 and samples[1][0] <= now - window:
+            samples.popleft()
+        (start, first), (end, last) = samples[0], samples[-1]
+        if end - start < window * 0.9:
+            return False  # not a whole window yet
+        return (last - first) * 8 / (end - start) > limit
 
     def timed_out(self, now: float) -> bool:
         if self.closed:

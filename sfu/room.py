@@ -329,6 +329,12 @@ class LocalRoom:
                         event(log, "sfu_peer_timeout", consultation=self.id, role=peer.role,
                               connected=peer.connected)
                         self._spawn(self._drop_peer(peer, notify=True))
+                    elif peer.role == "citizen" and peer.over_rate(now):
+                        # A hostile or broken sender ignoring the requested bitrate.
+                        SFU_ERRORS.labels(reason="over_rate").inc()
+                        event(log, "sfu_peer_over_rate", logging.WARNING,
+                              consultation=self.id, role=peer.role)
+                        self._spawn(self._drop_peer(peer, notify=True))
         except asyncio.CancelledError:
             pass
 

@@ -28,6 +28,7 @@ def settings_from_config(config: SfuConfig) -> PeerSettings:
         max_video_bitrate=int(config.max_video_kbps) * 1000,
         transport_cc=bool(config.transport_cc),
         peer_timeout=float(config.peer_timeout_seconds),
+        police_bitrate=int(config.citizen_police_kbps) * 1000,
         candidate_policy=CandidatePolicy.from_config(config.allowed_candidate_networks,
                                                      config.max_candidates_per_section),
         udp_ports=(config.udp_port_min, config.udp_port_max) if config.udp_port_min else None,

@@ -584,3 +584,36 @@ async def test_f13_operator_listener_over_tls(server_factory: Any) -> None:
         with pytest.raises(aiohttp.ClientError):
             async with plain.get(server.operator_url + "/metrics") as r:
                 await r.read()
+
+
+async def test_f5_a_phone_ignoring_the_requested_bitrate_is_dropped(vp8_clip: Clip) -> None:
+    """The phone is asked for a bitrate (REMB, transport-cc); one sending far more is
+    policed: its peer is dropped (it may reconnect, within the offer limit)."""
+    from madoguchi import metrics
+    from sfu.candidates import CandidatePolicy
+    from sfu.peer import PeerSettings
+    from sfu.sfu import LocalSfu
+    from tests.fixtures.sfu import join_citizen, sfu_config
+
+    # The clip sends ~400 kbit/s; police at 100 kbit/s over 2 s.
+    settings = PeerSettings(host_addresses=["127.0.0.1"], police_bitrate=100_000,
+                            police_seconds=2.0,
+                            candidate_policy=CandidatePolicy.from_config(["127.0.0.1/32"]))
+    over = metrics.SFU_ERRORS.labels(reason="over_rate")
+    before = over._value.get()
+    sfu = LocalSfu(sfu_config(), settings=settings)
+    room = sfu.room("police")
+    events: list[str] = []
+    room.on_event(lambda name, data: events.append(name))
+    citizen = citizen_client(vp8_clip)
+    try:
+        await join_citizen(room, citizen)
+        joined = time.monotonic()
+        await wait_until(lambda: "citizen_disconnected" in events, timeout=30,
+                         what="the over-rate citizen to be dropped")
+        assert time.monotonic() - joined >= 1.5  # after a whole window, not at once
+        assert room.citizen is None
+        assert over._value.get() == before + 1
+    finally:
+        await citizen.close()
+        await sfu.close()
