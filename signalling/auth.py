@@ -361,6 +361,9 @@ class Authenticator:
             event(log, "staff_session_expired", staff=session.username)
             return None
         cert = peer_certificate(request)
+        transport = getattr(request, "transport", None)
+        if cert is None and (transport is None or transport.is_closing()):
+            return None  # the client left mid-request (a console tab closed): no leak
         if cert is None or not hmac.compare_digest(cert[0], session.cert_fingerprint):
             # A cookie replayed from another office PC: end the session, it leaked.
             await self.store.delete_session(id_hash)

@@ -356,6 +356,22 @@ async def test_session_from_certificate_a_refused_with_certificate_b(
     assert refusals[0]["staff"] == "tanaka"
 
 
+async def test_a_request_whose_connection_is_gone_keeps_the_session(
+        site: Any, pki: Pki, store: SqliteStore, auth: Authenticator) -> None:
+    """A socket closed while the server revalidates it (a console tab closed) has no
+    certificate left to compare: that is not a copied cookie, the session stays."""
+    await add_account(store)
+    a = site(pki.valid)
+    await login(a)
+
+    class Gone(dict):  # type: ignore[type-arg]
+        cookies = {SESSION_COOKIE: a.cookie}
+        transport = None
+        path = "/ws/staff"
+    assert await auth.revalidate(Gone()) is None  # type: ignore[arg-type]
+    assert (await a.call("GET", "/api/me"))[0] == 200
+
+
 async def test_idle_timeout(site: Any, pki: Pki, store: SqliteStore,
                             clock: ManualClock) -> None:
     await add_account(store)
