@@ -5,7 +5,8 @@ doctor, first account. Then ``madoguchi serve`` runs as that user with that conf
 (loopback ports through MADOGUCHI_* variables) and one whole consultation goes through it:
 staff login with the issued office-PC certificate, SMS through the real Kannel, a citizen
 with media, a recording on disk, the end; then ``retention --once``. Both run as the units
-would as far as a process can arrange it: the service user, no_new_privs, only
+would as far as a process can arrange it: a mount namespace with ProtectSystem=strict,
+ReadWritePaths, PrivateTmp and ProtectHome; the service user, no_new_privs, only
 CAP_NET_BIND_SERVICE in the bounding set, umask 077, the unit's ``SystemCallFilter=`` as
 a seccomp allow-list, and for retention ``MemoryDenyWriteExecute=yes`` as PR_SET_MDWE. The service user's ``madoguchi`` is the suite's packages
 on Debian's /usr/bin/python3, production's interpreter.
@@ -249,11 +250,44 @@ def _loopback(ports: dict[str, int]) -> dict[str, str]:
     }
 
 
-def as_service(user: str) -> list[str]:
-    """Run as the unit would: the service user, NoNewPrivileges=yes and a capability bounding
-    set of CAP_NET_BIND_SERVICE only (setpriv; no capability is raised: ports here are high)."""
-    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+def as_service(user: str, writable: Path, keep: list[Path]) -> list[str]:
+    """Run as the unit would, as far as a process can arrange it.
+
+    In a mount namespace of its own (private propagation: nothing leaks out):
+    PrivateTmp=yes (fresh /tmp and /var/tmp; the folders of ``keep`` that lived there are
+    bound back in), ProtectSystem=strict + ReadWritePaths (everything read-only but
+    ``writable``), ProtectHome=yes (empty /root and /home). Then setpriv: the service user,
+    no_new_privs, a bounding set of CAP_NET_BIND_SERVICE only (none raised: high ports).
+    """
+    lines = ["set -e"]
+    kept = [k.resolve() for k in keep if k.resolve().is_relative_to("/tmp")
+            or k.resolve().is_relative_to("/var/tmp")]
+    for fd, path in enumerate(kept, start=3):
+        lines.append(f'exec {fd}<"{path}"')
+    lines += ["mount -t tmpfs -o mode=1777 tmpfs /tmp", "mount -t tmpfs -o mode=1777 tmpfs /var/tmp"]
+    for fd, path in enumerate(kept, start=3):
+        lines += [f'mkdir -p "{path}"', f'mount --no-canonicalize --rbind /proc/self/fd/{fd} "{path}"',
+                  f"exec {fd}<&-"]
+    lines += [f'mount --bind "{writable}" "{writable}"', "mount -o remount,bind,ro /"]
+    lines += [f'mount -o remount,bind,ro "{path}"' for path in kept]
+    lines += ["for home in /root /home; do",
+              "  if [ -d $home ]; then mount -t tmpfs -o ro,mode=0755 tmpfs $home; fi",
+              "done", 'exec "$@"']
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            "\n".join(lines), "sh",
+            "setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
             "--no-new-privs", "--bounding-set=-all,+net_bind_service", "--inh-caps=-all", "--"]
+
+
+def _mounts(pid: int) -> dict[str, tuple[str, str]]:
+    """Mount point -> (ro/rw, file system type) as process ``pid`` sees them (the last
+    mount on a path wins, as for the process)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        out[parts[4]] = (parts[5].split(",")[0], rest.split()[0])
+    return out
 
 
 def _issued_client(d: Deployment, out: str, tmp: Path) -> tuple[Path, Path]:
@@ -333,7 +367,8 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [*as_service(d.user), str(d.path("APP") / ".venv/bin/madoguchi"), "serve",
+            [*as_service(d.user, d.path("DATA"), [d.root, REPO]),
+             str(d.path("APP") / ".venv/bin/madoguchi"), "serve",
              "--config", str(d.path("ETC") / "madoguchi.toml")],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             preexec_fn=lambda: os.umask(0o077))  # UMask=0077 of the unit
@@ -350,12 +385,15 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
                 return False
 
         wait_for(healthy, timeout=60, what="serve /healthz")
-        status = Path(f"/proc/{proc.pid}/status").read_text()  # setpriv and sh exec'd: the server
+        status = Path(f"/proc/{proc.pid}/status").read_text()  # all exec'd: the server
         assert re.search(rf"^Uid:\s+{uid}\s", status, re.M), status
         assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
         assert re.search(r"^CapBnd:\s+0000000000000400$", status, re.M)  # CAP_NET_BIND_SERVICE
         assert re.search(r"^CapEff:\s+0000000000000000$", status, re.M)
         assert re.search(r"^Seccomp:\s+2$", status, re.M)  # the unit's system call filter
+        mounts = _mounts(proc.pid)
+        assert mounts["/"][0] == "ro" and mounts[str(d.path("DATA"))][0] == "rw"
+        assert mounts["/tmp"] == ("rw", "tmpfs") and mounts["/root"] == ("ro", "tmpfs")
         cert, key = _issued_client(d, issued, tmp_path)
         certs = DevCerts(dir=tmp_path, ca=d.site.trust, ca_key=tmp_path, server_cert=tmp_path,
                          server_key=tmp_path, staff_ca=tmp_path, staff_ca_key=tmp_path,
@@ -379,7 +417,8 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
 
     # madoguchi-retention.service has MemoryDenyWriteExecute=yes: one run under the rule.
     retention = subprocess.run(
-        [*as_service(d.user), str(d.path("APP") / ".venv/bin/madoguchi"), "retention",
+        [*as_service(d.user, d.path("DATA"), [d.root, REPO]),
+         str(d.path("APP") / ".venv/bin/madoguchi"), "retention",
          "--once", "--config", str(d.path("ETC") / "madoguchi.toml")],
         capture_output=True, text=True, timeout=120,
         env=env | {"MDG_TEST_MDWE": "1" if d.mdwe else "0",
