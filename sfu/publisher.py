@@ -47,7 +47,12 @@ log = logging.getLogger(__name__)
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MAX_NACK_GAP = 128        # larger holes are not NACKed (a keyframe request follows)
-NACK_REPEAT_AFTER = 0.1   # do not NACK the same packet upstream again within this time
+# A packet is NACKed upstream again only after ~1.5 round trips (a retransmission that
+# was itself lost is asked for once more instead of freezing the picture for a viewer
+# cadence); the round trip is measured from our first NACK to its retransmission.
+NACK_REPEAT_AFTER = 0.1   # until a round trip is measured
+NACK_REPEAT_MIN, NACK_REPEAT_MAX = 0.02, 0.3
+_NEVER = (-1.0, 0)
 SSRC_SWITCH_SILENCE = 1.0  # a new SSRC replaces the current one only after this silence
 
 Deliver = Callable[["PublisherStream", RtpPacket, int, bool, float], Awaitable[None]]
@@ -100,7 +105,8 @@ class PublisherStream:
         self.sr: tuple[int, int] | None = None   # (ntp64, rtp) of the newest SR
         self.on_sender_report: Callable[[PublisherStream], None] | None = None
         self.keyframes = KeyframeRequester(self._send_pli)
-        self._nacked: dict[int, float] = {}
+        self._nacked: dict[int, tuple[float, int]] = {}  # seq -> (last NACK, how many)
+        self.rtt: float | None = None  # smoothed NACK -> retransmission time
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_media = 0.0
         self.packets = 0
@@ -157,6 +163,7 @@ class PublisherStream:
                 packet.payload_type = self.media_pt
                 packet.ssrc = self.ssrc
                 self.rtx_packets += 1
+                self._rtx_arrived(packet.sequence_number)
             arrival = self.stamps.current
             if packet.ssrc != self.ssrc:
                 # browsers keep one SSRC per session; a stray one must not flap the track
@@ -210,17 +217,31 @@ class PublisherStream:
             return
         now = time.monotonic()
         nacked = self._nacked
-        fresh = [s for s in seqs if now - nacked.get(s, -1.0) >= NACK_REPEAT_AFTER]
+        repeat = self.nack_repeat_after()
+        fresh = [s for s in seqs if now - nacked.get(s, _NEVER)[0] >= repeat]
         if not fresh:
             return
         for s in fresh:
-            nacked[s] = now
+            nacked[s] = (now, nacked.get(s, _NEVER)[1] + 1)
         if len(nacked) > 2048:
-            for s in [s for s, t in nacked.items() if now - t > 1.0]:
+            for s in [s for s, (t, _) in nacked.items() if now - t > 1.0]:
                 del nacked[s]
         rtcp = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc, media_ssrc=self.ssrc)
         rtcp.lost = sorted(fresh)
         self._spawn_send(bytes(rtcp))
+
+    def nack_repeat_after(self) -> float:
+        if self.rtt is None:
+            return NACK_REPEAT_AFTER
+        return min(NACK_REPEAT_MAX, max(NACK_REPEAT_MIN, 1.5 * self.rtt))
+
+    def _rtx_arrived(self, seq: int) -> None:
+        entry = self._nacked.pop(seq, None)
+        if entry is None or entry[1] != 1:  # unasked, or which NACK it answers is unclear
+            return
+        sample = self.stamps.current - entry[0]
+        if 0 <= sample < 5:
+            self.rtt = sample if self.rtt is None else self.rtt + (sample - self.rtt) / 8
 
     # keyframes -----------------------------------------------------------------
     def request_keyframe(self, reason: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
+import time
 
 from madoguchi import metrics
 from madoguchi.bench.media import Clip, citizen_client
@@ -262,3 +263,42 @@ async def test_receive_queue_is_bounded_and_drops_are_counted() -> None:
         await transport._recv()
     transport._connection.data_received(b"late", 1)
     assert len(queued) == 41 and queued[-1] == b"late" and stamps.dropped == 30
+
+
+async def test_upstream_nack_repeats_after_the_measured_round_trip() -> None:
+    """A lost retransmission is asked for again after ~1.5 round trips (measured from our
+    first NACK to its retransmission), not after a fixed 100 ms."""
+    from aiortc import RTCPeerConnection
+
+    from sfu.publisher import NACK_REPEAT_AFTER, NACK_REPEAT_MIN, PeerClock, PublisherStream
+
+    async def deliver(*_args: object) -> None:
+        pass
+
+    pc = RTCPeerConnection(ice.rtc_configuration([]))
+    try:
+        t = pc.addTransceiver("video", direction="recvonly")
+        stream = PublisherStream(kind="video", receiver=t.receiver, rtcp_ssrc=1,
+                                 clock=PeerClock(), deliver=deliver, label="citizen-video",
+                                 consultation="c")
+        stream.ssrc = 1234
+        assert stream.nack_repeat_after() == NACK_REPEAT_AFTER  # nothing measured yet
+        stream.nack([10, 11])
+        first = stream._nacked[10][0]
+        stream.stamps.current = first + 0.02  # the retransmission of 10 came back
+        stream._rtx_arrived(10)
+        assert stream.rtt is not None and abs(stream.rtt - 0.02) < 1e-9
+        assert abs(stream.nack_repeat_after() - 0.03) < 1e-9
+        stream.nack([11])
+        assert stream._nacked[11] == (first, 1)  # too early to ask again
+        await asyncio.sleep(0.035)
+        stream.nack([11])  # its retransmission was lost too: asked again
+        assert stream._nacked[11][1] == 2
+        stream.stamps.current = time.monotonic() + 0.5
+        stream._rtx_arrived(11)  # answers one of two NACKs: no round-trip sample
+        assert abs(stream.rtt - 0.02) < 1e-9
+        stream.rtt = 0.001
+        assert stream.nack_repeat_after() == NACK_REPEAT_MIN
+        stream.close()
+    finally:
+        await pc.close()

@@ -8,11 +8,11 @@ an in-process SFU. With ``--cap-kbytes N`` everything runs in a private network 
 citizen's video ``targetBitrate`` (what the phone's encoder is told), its sent rate, the
 browser's ``availableOutgoingBitrate`` and the viewer's decoded frames and freezes; then
 
-``RESULT transport_cc=yes|no cap_kbytes=N target_kbps=T sent_kbps=S fps=F frozen_pct=Z
+``RESULT transport_cc=yes|no cap_kbytes=N loss_pct=L target_kbps=T sent_kbps=S fps=F frozen_pct=Z
 recover_s=R``
 
-(medians over the second half of the capped window; ``recover_s``: seconds after the cap
-is lifted until the target is back at 90 % of its uncapped value, with ``--lift-after``).
+(``--loss-pct L`` drops L % of all UDP at random, alone or with the cap; medians over the
+second half of the impaired window; ``recover_s``: seconds after the impairment is lifted until the target is back at 90 % of its uncapped value, with ``--lift-after``).
 
     scripts/bench uplink --cap-kbytes 125 --seconds 30
     scripts/bench uplink --cap-kbytes 125 --seconds 30 --no-transport-cc   # before
@@ -206,7 +206,8 @@ class UplinkCall:
         fb = video.twcc
         feedback = (f"feedback_packets={fb.sent} reported={fb.recorded} late={fb.late}"
                     if fb is not None else "feedback=off")
-        return (f"SFU {feedback} rtx_received={video.rtx_packets} "
+        rtt = "-" if video.rtt is None else f"{video.rtt * 1000:.1f}ms"
+        return (f"SFU {feedback} rtx_received={video.rtx_packets} nack_rtt={rtt} "
                 f"keyframe_requests={video.keyframes.sent} ({_reasons()}) "
                 f"receive_queue_dropped={sum(s.dropped for s in peer.stamps)}")
 
@@ -225,12 +226,18 @@ def nft(*args: str) -> str:
     return subprocess.run(["nft", *args], check=True, capture_output=True, text=True).stdout
 
 
-def add_cap(kbytes: int) -> str:
-    """Police UDP input to ``kbytes`` kB/s; returns the rule handle."""
+def add_impairment(kbytes: int, loss_pct: int) -> str:
+    """Police UDP input to ``kbytes`` kB/s and/or drop ``loss_pct`` % of it at random;
+    returns the handle of the rule ``--lift-after`` removes."""
     nft("add", "table", "inet", NFT_TABLE)
     nft("add", "chain", "inet", NFT_TABLE, "in", "{ type filter hook input priority 0; }")
+    rule = (["limit", "rate", "over", f"{kbytes}", "kbytes/second"] if kbytes else
+            ["numgen", "random", "mod", "100", "<", f"{loss_pct}"])
     out = nft("-e", "-a", "add", "rule", "inet", NFT_TABLE, "in", "meta", "l4proto", "udp",
-              "limit", "rate", "over", f"{kbytes}", "kbytes/second", "counter", "drop")
+              *rule, "counter", "drop")
+    if kbytes and loss_pct:
+        nft("add", "rule", "inet", NFT_TABLE, "in", "meta", "l4proto", "udp", "numgen",
+            "random", "mod", "100", "<", f"{loss_pct}", "counter", "drop")
     return out.rsplit("# handle", 1)[1].split()[0]
 
 
@@ -246,7 +253,8 @@ def _median(values: list[float]) -> float:
 def run(args: argparse.Namespace) -> int:
     from playwright.sync_api import sync_playwright
 
-    handle = add_cap(args.cap_kbytes) if args.cap_kbytes else ""
+    impaired = args.cap_kbytes or args.loss_pct
+    handle = add_impairment(args.cap_kbytes, args.loss_pct) if impaired else ""
     with tempfile.TemporaryDirectory(prefix="cc-uplink-") as tmp:
         clip = fake_camera_clip(Path(tmp))
         with sync_playwright() as pw:
@@ -271,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     fps = _median([r["fps"] for r in half])
     frozen = 100.0 * sum(r["frozen"] for r in half) / max(1e-9, sum(r["dt"] for r in half))
     print(f"RESULT transport_cc={'no' if args.no_transport_cc else 'yes'} "
-          f"cap_kbytes={args.cap_kbytes} target_kbps={_median([r['target'] for r in half]):.0f} "
+          f"cap_kbytes={args.cap_kbytes} loss_pct={args.loss_pct} target_kbps={_median([r['target'] for r in half]):.0f} "
           f"sent_kbps={_median([r['sent'] for r in half]):.0f} fps={fps:.1f} "
           f"frozen_pct={frozen:.1f} recover_s={recover}")
     return 0
@@ -313,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cap-kbytes", type=int, default=0,
                         help="police all UDP to this many kB/s (0: no cap, no namespace)")
+    parser.add_argument("--loss-pct", type=int, default=0,
+                        help="drop this share of all UDP at random (0-100)")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--lift-after", type=float, default=0.0,
                         help="lift the cap after this many seconds (0: never)")
@@ -321,11 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-transport-cc", action="store_true",
                         help="answer without transport-cc (REMB ceiling + RR only)")
     args = parser.parse_args(argv)
-    for tool in ("ffmpeg", CHROMIUM) + (("nft", "unshare") if args.cap_kbytes else ()):
+    impaired = bool(args.cap_kbytes or args.loss_pct)
+    for tool in ("ffmpeg", CHROMIUM) + (("nft", "unshare") if impaired else ()):
         if not shutil.which(tool):
             print(f"scripts/bench uplink: {tool} is not installed", file=sys.stderr)
             return 2
-    if args.cap_kbytes and os.environ.get(INSIDE_ENV) != "1":
+    if impaired and os.environ.get(INSIDE_ENV) != "1":
         # again, inside a private network namespace (only its own loopback)
         env = {**os.environ, INSIDE_ENV: "1"}
         cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
