@@ -180,9 +180,12 @@ class Server:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         cfg = self.cfg
-        citizen_ctx = citizen_ssl_context(cfg)
-        staff_ctx = staff_ssl_context(cfg)
-        crl_reloader = CrlReloader(cfg, staff_ctx)  # before the first handshake
+        try:
+            citizen_ctx = citizen_ssl_context(cfg)
+            staff_ctx = staff_ssl_context(cfg)
+            crl_reloader = CrlReloader(cfg, staff_ctx)  # before the first handshake
+        except ConfigError as exc:  # TlsSetupError: unusable files, a rolled-back CRL
+            raise StartupError(str(exc)) from None
         # Sessions re-check the CRL in force on every request (keep-alive connections).
         self.auth = Authenticator(self.store, cfg.auth, self.clock, self.audit,
                                   is_revoked=crl_reloader.is_revoked)

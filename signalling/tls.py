@@ -107,6 +107,45 @@ def crl_number(crl: x509.CertificateRevocationList) -> int:
         return -1
 
 
+class CrlHighWater:
+    """The highest CRLNumber in force so far for one staff CA, in a file, so that an older
+    CRL put back while the server was stopped (a restore, a mistake) does not undo a
+    revocation at the next start."""
+
+    def __init__(self, path: Path, staff_ca: str) -> None:
+        self.path = path
+        # Per CA certificate (not name: every development CA has the same name).
+        self.issuer = hashlib.sha256(Path(staff_ca).read_bytes()).hexdigest()[:16]
+
+    def highest(self) -> int:
+        try:
+            issuer, number = self.path.read_text(encoding="ascii").split()
+            return int(number) if issuer == self.issuer else -1
+        except (OSError, ValueError):
+            return -1  # none yet, or another CA's: a new staff CA starts afresh
+
+    def check(self, number: int, where: str) -> None:
+        highest = self.highest()
+        if number < highest:
+            raise TlsSetupError(
+                f"[tls] staff_crl {where} has CRLNumber {number}, below {highest} already in "
+                "force: an older CRL would undo revocations. Put the newest CRL back (or "
+                f"re-sign it with `madoguchi certs crl`); delete {self.path} only if the "
+                "staff CA itself was replaced")
+        self.raise_to(number)
+
+    def raise_to(self, number: int) -> None:
+        if number <= self.highest():
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(f"{self.issuer} {number}\n", encoding="ascii")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            event(log, "crl_number_not_saved", logging.WARNING, reason=type(exc).__name__)
+
+
 class _Revocation:
     """The revoked serials in force, shared by every staff context of one listener."""
 
@@ -183,6 +222,11 @@ class CrlReloader:
         crl_pem, serials, crl = _read_crl(self.tls)
         self._digest = hashlib.sha256(crl_pem).digest()
         self._number = crl_number(crl)
+        # The highest CRLNumber ever in force, kept across restarts (with a full Config).
+        self._seen = CrlHighWater(cfg.data_path("crl-number"), self.tls.staff_ca) \
+            if isinstance(cfg, Config) else None
+        if self._seen is not None:
+            self._seen.check(self._number, self.tls.staff_crl)
         self._stat = self._file_stat()
         self._current = context
         self._revocation: _Revocation = getattr(context, _REVOCATION_ATTR, None) \
@@ -247,6 +291,8 @@ class CrlReloader:
         self._current = fresh
         self._digest = digest
         self._number = number
+        if self._seen is not None:
+            self._seen.raise_to(number)
         self.generation += 1
         metrics.STAFF_CRL_RELOADS.labels(result="loaded").inc()
         metrics.STAFF_CRL_REVOKED.set(len(serials))

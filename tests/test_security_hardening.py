@@ -617,3 +617,23 @@ async def test_f5_a_phone_ignoring_the_requested_bitrate_is_dropped(vp8_clip: Cl
     finally:
         await citizen.close()
         await sfu.close()
+
+
+def test_f14_an_older_crl_put_back_while_stopped_refuses_the_start(
+        fresh_pki: Pki, tmp_path: Path) -> None:
+    from madoguchi.config import Config
+    from signalling.tls import TlsSetupError
+
+    cfg = Config()
+    cfg.server.data_dir = str(tmp_path / "data")
+    cfg.tls = fresh_pki.tls_config()
+    crl_path = fresh_pki.dev.staff_crl
+    before = crl_path.read_bytes()
+    reloader = CrlReloader(cfg, staff_ssl_context(cfg))  # the first start
+    fresh_pki.staff_ca.revoke(fresh_pki.second.serial)
+    assert reloader.reload() is True
+    crl_path.write_bytes(before)  # put back while the server is stopped
+    with pytest.raises(TlsSetupError, match="below .* already in force"):
+        CrlReloader(cfg, staff_ssl_context(cfg))  # the next start
+    fresh_pki.staff_ca.revoke(fresh_pki.valid.serial)  # a newer CRL: fine again
+    CrlReloader(cfg, staff_ssl_context(cfg))
