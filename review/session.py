@@ -34,7 +34,8 @@ UPDATE_SECONDS = 0.25  # position updates while playing
 WATCH_SECONDS = 1.0  # deadline / deletion / peer checks
 RESYNC_MIN_SECONDS = 2.0  # at most one keyframe resync per this time (viewer PLI)
 BURST_STEP = 0.001  # RTP time between the frames of a seek's catch-up burst
-BURST_FRAMES, BURST_PAUSE = 8, 0.004  # a short pause after every 8 burst frames
+BURST_BYTES_PER_SECOND = 4_000_000  # a seek's catch-up burst (32 Mbit/s)
+BURST_FRAMES = 8  # the burst yields to the event loop at least every 8 frames
 SLEEP_MIN = 0.002  # frames due sooner than this leave now, with the frame before
 CARRY_LATE = 0.1  # a run may start this late and keep the timing of the seek before it
 VIDEO = "citizen-video"
@@ -248,13 +249,21 @@ class ReviewSession:
         self._carry = (at, frames[last].pts)  # play on in time with the target frame
 
     async def _burst(self, frames: list[RecordedFrame]) -> float:
-        """Send frames back to back (RTP time 1 ms apart); the last one's RTP time."""
-        start = time.monotonic()
+        """Send frames back to back, at most BURST_BYTES_PER_SECOND (a recording's keyframes
+        can be 30 s apart: up to ~4 MB at 1 Mbit/s); each frame's RTP time is when it
+        leaves (at least 1 ms after the one before). Returns the last one's."""
+        start = at = time.monotonic()
+        sent = 0
         for i, f in enumerate(frames):
-            await self.replay.send(f.track, f.data, start + i * BURST_STEP)
-            if i % BURST_FRAMES == BURST_FRAMES - 1:
-                await asyncio.sleep(BURST_PAUSE)  # let the socket drain (no backlog skip)
-        return start + (len(frames) - 1) * BURST_STEP
+            at = max(time.monotonic(), at + BURST_STEP) if i else at
+            await self.replay.send(f.track, f.data, at)
+            sent += len(f.data)
+            ahead = sent / BURST_BYTES_PER_SECOND - (time.monotonic() - start)
+            if ahead > 0.002:
+                await asyncio.sleep(ahead)  # also lets the socket drain (no backlog skip)
+            elif i % BURST_FRAMES == BURST_FRAMES - 1:
+                await asyncio.sleep(0)
+        return at
 
     async def _run(self) -> None:
         """Send frames from the cursor in real time until a control or the end."""

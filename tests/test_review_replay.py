@@ -255,3 +255,28 @@ async def test_h264_reviewer_receives_the_recorded_access_units(
         got = [split_annexb(f.data) for f in review.video()]
     assert review.video()[0].keyframe
     assert got == recorded[:len(got)]
+
+
+async def test_a_seek_burst_is_rate_limited(recording: tuple[Path, bytes]) -> None:
+    """Keyframes may be 30 s apart: the catch-up after a seek is paced by bytes, and each
+    frame's RTP time is when it leaves (strictly increasing)."""
+    from review.session import BURST_BYTES_PER_SECOND
+
+    folder, key = recording
+    sent: list[tuple[float, int]] = []
+
+    class Wire:
+        async def send(self, track: str, data: bytes, at: float) -> None:
+            sent.append((at, len(data)))
+
+    review = Review(folder, key)
+    review.session.replay = Wire()  # type: ignore[assignment]
+    frames = [RecordedFrame("citizen-video", i * 33, bytes(100_000), i == 0) for i in range(20)]
+    started = time.monotonic()
+    await review.session._burst(frames)
+    took = time.monotonic() - started
+    assert took >= 0.9 * 20 * 100_000 / BURST_BYTES_PER_SECOND, took
+    times = [at for at, _ in sent]
+    assert all(b > a for a, b in zip(times, times[1:], strict=False))
+    await review.replay.close()
+    await review.client.close()
