@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -103,9 +104,11 @@ class Deployment:
         return Path(self.paths[name])
 
     def syscalls(self, unit: str) -> Path:
-        """A file the service user can read: the system calls ``unit`` allows."""
+        """A file the service user can read: the system calls and address families
+        ``unit`` allows."""
         path = self.root / f"{unit}.syscalls"
-        path.write_text("\n".join(unit_syscalls(unit)) + "\n")
+        path.write_text("\n".join(unit_syscalls(unit)) + "\nfamilies: "
+                        + " ".join(str(f) for f in unit_address_families(unit)) + "\n")
         path.chmod(0o644)
         return path
 
@@ -121,7 +124,8 @@ class Deployment:
 # dist-packages with their older cryptography), and as much of the unit's sandbox as a
 # process can give itself: MDG_TEST_MDWE=1 is MemoryDenyWriteExecute=yes (PR_SET_MDWE),
 # MDG_TEST_SYSCALLS=FILE is SystemCallFilter= (an allow-list, EPERM otherwise, as
-# SystemCallErrorNumber=EPERM), loaded with Debian's python3-seccomp.
+# SystemCallErrorNumber=EPERM) and RestrictAddressFamilies= (socket() for those families
+# only), loaded with Debian's python3-seccomp.
 SANDBOXED_MAIN = """\
 import ctypes, os, sys
 if os.environ.get("MDG_TEST_MDWE") == "1" and ctypes.CDLL(None).prctl(65, 1, 0, 0, 0):
@@ -131,11 +135,16 @@ if os.environ.get("MDG_TEST_SYSCALLS"):
     import errno, seccomp
     sys.path.pop()
     rules = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
-    for name in open(os.environ["MDG_TEST_SYSCALLS"]).read().split():
+    names, _, families = open(os.environ["MDG_TEST_SYSCALLS"]).read().partition("families:")
+    for name in names.split():
+        if name == "socket" and families.split():
+            continue  # RestrictAddressFamilies=: only these, EAFNOSUPPORT otherwise
         try:
             rules.add_rule(seccomp.ALLOW, name)
         except (RuntimeError, ValueError):
             pass  # not a system call of this architecture
+    for family in families.split():
+        rules.add_rule(seccomp.ALLOW, "socket", seccomp.Arg(0, seccomp.EQ, int(family)))
     rules.load()
 import site
 site.addsitedir(sys.argv.pop(1))
@@ -156,6 +165,15 @@ def _install_app(app: Path) -> None:
     binary.write_text(f"#!/bin/sh\nexec {DEBIAN_PYTHON} -S {bin_dir / 'madoguchi_main.py'} "
                       f'{sysconfig.get_paths()["purelib"]} {REPO} "$@"\n')
     binary.chmod(0o755)
+
+
+def unit_address_families(unit: str) -> list[int]:
+    """``RestrictAddressFamilies=`` of ``unit`` as socket() family numbers."""
+    text = (REPO / "config" / "systemd" / unit).read_text()
+    names = [v for line in text.splitlines() if line.startswith("RestrictAddressFamilies=")
+             for v in line.split("=", 1)[1].split()]
+    assert names and not any(n.startswith("~") for n in names), names
+    return [int(getattr(socket, name)) for name in names]
 
 
 def unit_syscalls(unit: str) -> list[str]:
