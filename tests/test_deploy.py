@@ -98,7 +98,8 @@ class Deployment:
         return {"SVC": self.user, "APP": str(self.root / "opt/madoguchi"),
                 "ETC": str(self.root / "etc/madoguchi"),
                 "DATA": str(self.root / "var/lib/madoguchi"), "NAME": self.site.host,
-                "LIVE": str(self.root / "letsencrypt/live" / self.site.host)}
+                "LIVE": str(self.root / "letsencrypt/live" / self.site.host),
+                "HOOKS": str(self.root / "letsencrypt/renewal-hooks/deploy")}
 
     def path(self, name: str) -> Path:
         return Path(self.paths[name])
@@ -361,6 +362,9 @@ def test_install_steps_then_serve_and_call(deployment: Deployment, tmp_path: Pat
     shutil.copy(d.site.sections["tls"]["server_cert"], live / "fullchain.pem")
     shutil.copy(d.site.sections["tls"]["server_key"], live / "privkey.pem")
     d.step("certificate-hook")
+    assert os.access(d.path("HOOKS") / "madoguchi", os.X_OK)  # certbot runs it on renewal
+    key = (d.path("ETC") / "tls" / "privkey.pem").stat()
+    assert key.st_uid == uid and stat.S_IMODE(key.st_mode) == 0o600
     issued = d.step("staff-ca").stdout
     ports = {"citizen": free_port(), "staff": free_port(), "operator": free_port()}
     d.env.update(_overrides(d, ports))
