@@ -59,6 +59,8 @@ MALFORMED: dict[str, bytes] = {
     "bad_utf8": b'{"x": "\xff\xfe"}',
     "nul": b'{"x": "\x00"}',
 }
+ODD_IDS = ["x" * 3000, "%00", "..%2F..%2Fetc%2Fpasswd", "%E7%81%98", "%FF%FE", "a%20b",
+           "0123456789abcdef%0d%0aX-Injected:%201"]
 WRONG_TYPES: list[Any] = [None, 12, 1e308, True, [], {}, ["x"], {"a": 1}, "", "x" * 100_000]
 FIELDS = {"/api/login": ("username", "password"),
           "/api/password": ("old_password", "new_password"),
@@ -354,6 +356,17 @@ async def test_malformed_json_and_wrong_types_on_every_api_route(
                 if problem:
                     problems.append(problem)
                 check_headers(r.headers, "staff" if base == server.staff_url else "citizen")
+    # Odd consultation ids in the path of every {cid} route.
+    for route in [r for r in STAFF_ROUTES if "{cid}" in r.pattern and r.method != "HEAD"]:
+        for cid in ODD_IDS:
+            kw: dict[str, Any] = {"json": {}} if route.method == "POST" else {}
+            async with nada.session.request(route.method, server.staff_url
+                                            + concrete(route, cid), headers=nada.headers,
+                                            **kw) as r:
+                problem = judge_json_4xx(f"{route.id} id={cid[:12]!r}", r.status,
+                                         await r.text())
+                if problem:
+                    problems.append(problem)
     # Garbage on the staff socket: one clear error each, the socket stays usable
     # (the citizen socket's garbage: test_signalling_api).
     sock = await nada.session.ws_connect(wss(server.staff_url) + SOCKETS["staff"],
