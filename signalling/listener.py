@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import ssl
 from typing import Any, cast
 
@@ -25,6 +26,8 @@ from aiohttp.web_protocol import RequestHandler
 from madoguchi import metrics
 from madoguchi.config import ServerConfig
 from signalling.websecurity import SERVER_NAME
+
+log = logging.getLogger(__name__)
 
 MAX_HEADERS = 64
 MAX_FIELD_SIZE = 8190
@@ -78,7 +81,11 @@ class _GuardedHandler(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         """Requests refused before any route (bad request line, too many headers): a JSON
         error like every other answer, without aiohttp's text page or version banner."""
-        super().handle_error(request, status, exc, message)  # logs as aiohttp does
+        # Not aiohttp's logging: its exception text may quote the raw request line or
+        # headers (a link token, a cookie). The type only, at debug level (scanners).
+        log.debug("bad_http_request status=%s reason=%s", status, type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already sent")
         code = "bad_request" if 400 <= status < 500 else "internal"
         response = web.json_response({"error": code, "message": "Malformed request."}
                                      if code == "bad_request" else

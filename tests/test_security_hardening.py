@@ -32,6 +32,7 @@ from signalling.store.sqlite import SqliteStore
 from signalling.tls import CrlReloader, staff_ssl_context
 from tests.fixtures.certs import Pki, raw_get, refused, serve_tls
 from tests.fixtures.ports import stop_process
+from tests.fixtures.privacy import register_secret
 from tests.fixtures.server import (
     FIRST_PASSWORD,
     MADOGUCHI,
@@ -158,6 +159,20 @@ async def test_f16_no_version_banner_on_either_site(madoguchi_server: ServerHand
     for head in seen:
         assert "aiohttp" not in head and "python" not in head, head
         assert "\r\nserver: madoguchi" in head, head
+    # A malformed request is a JSON 400, and the log quotes none of it (no traceback).
+    log_before = server.log_path.stat().st_size
+    secret = "Zq7SecretLinkToken0001"
+    register_secret(secret)
+    for request in (f"GET /c/{secret} HTTP/1.1\r\nHost: localhost\r\nBad Header {secret}"
+                    "\r\n\r\n".encode(),
+                    f"GET /c/{secret} HTTP/1.1\r\nHost: localhost\r\n"
+                    f"Content-Length: x{secret}\r\n\r\n".encode()):
+        answer = await raw_exchange(server.citizen_port, server.citizen_ssl(), request)
+        assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer
+        assert b"\"bad_request\"" in answer, answer
+    await asyncio.sleep(0.5)  # let the server write its log line, if any
+    logged = server.log_path.read_bytes()[log_before:].decode(errors="replace")
+    assert secret not in logged and "Traceback" not in logged, logged[-2000:]
     async with aiohttp.ClientSession() as http, http.get(server.operator_url + "/healthz") as r:
         assert r.headers["Server"] == "madoguchi"
 
