@@ -58,12 +58,14 @@ def test_good_configuration_passes_and_a_wrong_gateway_password_fails(
     good = {"sms": {"kannel_url": kannel.sendsms_url, "kannel_username": kannel.username,
                     "kannel_password": kannel.password},
             "store": {"backend": "redis", "redis_url": redis_server}}
-    done = doctor(site, site.write(good))
+    # (this machine's own clock is not the configuration's: test_clock covers that check)
+    done = doctor(site, site.write(good), "--skip", "clock")
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout + done.stderr
     assert not [line for line in lines if line.startswith("FAIL")]
     names = {line.split()[1].rstrip(":") for line in lines}
-    assert names == {c.name for c in load_checks()}  # one line (or more) per check
+    # one line (or more) per check
+    assert names == {c.name for c in load_checks()} - {"clock.synchronised"}
     text = done.stdout
     assert f"OK      certificates.server: chain of 1 verifies for {site.host}" in text
     assert "OK      sms.gateway: gateway" in text and "accepts our credentials" in text

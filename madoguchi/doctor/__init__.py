@@ -136,12 +136,13 @@ def _selected(name: str, only: Iterable[str]) -> bool:
 
 
 async def run_checks(ctx: Context, startup_only: bool = False,
-                     only: Iterable[str] = ()) -> list[Result]:
+                     only: Iterable[str] = (), skip: Iterable[str] = ()) -> list[Result]:
     """Every registered check (or only the start-up ones, or those named in ``only``:
-    ``certificates`` or ``certificates.crl``), concurrently, in report order."""
-    only = tuple(only)
+    ``certificates`` or ``certificates.crl``; minus those in ``skip``), concurrently, in
+    report order."""
+    only, skip = tuple(only), tuple(skip)
     checks = [c for c in load_checks() if (c.startup or not startup_only)
-              and (not only or _selected(c.name, only))]
+              and (not only or _selected(c.name, only)) and not _selected(c.name, skip)]
     batches = await asyncio.gather(*(_run_one(c, ctx) for c in checks))
     return [r for batch in batches for r in batch]
 

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only the checks serve runs at start-up")
     p.add_argument("--only", action="append", default=[], metavar="NAME",
                    help="only this check or area (certificates, sms.gateway…); repeatable")
+    p.add_argument("--skip", action="append", default=[], metavar="NAME",
+                   help="leave out this check or area (ports, while the server runs); "
+                        "repeatable")
     p.set_defaults(func=_doctor)
 
 
@@ -33,7 +36,8 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"FAIL    config: {exc} -> fix: correct the configuration file")
         return 1
     results = asyncio.run(run_checks(Context(cfg, timeout=args.timeout),
-                                     startup_only=args.startup, only=args.only))
+                                     startup_only=args.startup, only=args.only,
+                                     skip=args.skip))
     for r in results:
         print(r.line())
     bad = failed(results)
