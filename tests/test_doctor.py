@@ -152,6 +152,8 @@ BROKEN: dict[str, tuple[Callable[[ProductionSite], dict[str, dict[str, Any]]], s
     "no_crl": (lambda s: {"tls": {"staff_crl": ""}}, "certificates.crl",
                "a revoked office PC could still connect"),
     "key_mode": (_loose_key, "keys.files", "has mode 644: other users can read it"),
+    "key_is_a_folder": (lambda s: {"tls": {"server_key": str(s.dir)}}, "keys.files",
+                        "is not a file"),
     "no_kek": (lambda s: {"recording": {"kek_file": ""}}, "keys.kek",
                "key-encryption key not usable"),
     "kek_in_recordings": (_kek_in_recordings, "keys.kek", "is inside the recording folder"),

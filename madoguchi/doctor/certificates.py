@@ -76,6 +76,9 @@ def server_certificate(ctx: Context) -> Results:
         return fail(f"{tls.server_cert} / {tls.server_key} do not load as a PEM chain and its "
                     f"key ({getattr(exc, 'reason', None) or type(exc).__name__})",
                     "the key must belong to the first certificate of the chain file")
+    except OSError as exc:  # after ssl.SSLError, which is an OSError too
+        return fail(f"cannot read {exc.filename or tls.server_cert} ({exc.strerror})",
+                    "point [tls] server_cert/server_key at the PEM files")
     results = [_expiry(f"server certificate {chain[0].subject.rfc4514_string()}", chain[0],
                        SERVER_WARN_DAYS, "renew it (certbot renew) and restart madoguchi")]
     if not host:

@@ -21,6 +21,8 @@ def _private(label: str, path: Path, created_on_start: bool = False) -> Result:
     except PermissionError:
         return fail(f"{label} {path}: a folder on the way is not accessible to this user",
                     "run doctor as the service user; chown the folders to it")
+    if not stat.S_ISREG(st.st_mode):
+        return fail(f"{label} {path} is not a file", "point the setting at the key file")
     if not os.access(path, os.R_OK):
         return fail(f"{label} {path} is not readable by this user",
                     f"chown madoguchi:madoguchi {path}")
