@@ -4,7 +4,8 @@ Each run, under the store's ``retention`` lock (so two daemons never race):
 
 1. finish deletions an interrupted run began (journal),
 2. delete every consultation whose deadline has passed, oldest first, in batches,
-3. sweep (see sweep.py), 4. compact the store, 5. publish figures and one log line.
+3. sweep (see sweep.py), then drop idle staff sessions, 4. compact the store, 5. publish
+figures and one log line.
 
 Whatever happened to the store part (down, lock held elsewhere, error), the run ends with
 the age sweep of the recording folder, which needs no store: a store that is down cannot
@@ -163,6 +164,9 @@ class RetentionDaemon:
                 await asyncio.sleep(0)  # let media and requests run between deletions
             await checkpoint()
         await sweep(deleter, now, checkpoint)
+        # A staff session's last_seen is the last thing its staff member did (often: end a
+        # call): idle or expired sessions go with the rest.
+        await self.store.purge_sessions(now, self.cfg.auth.session_idle_minutes * 60)
         if not self.journal.pending():
             self.journal.reset()
         await self.store.compact_deleted()

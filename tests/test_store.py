@@ -344,6 +344,20 @@ def session(id_hash: str = "s1", username: str = "tanaka") -> StaffSession:
                         expires_at=T0 + 12 * HOUR)
 
 
+async def test_idle_and_expired_sessions_are_purged(store: Store) -> None:
+    """A session's last_seen is when staff last acted (e.g. ended a call): an idle or
+    expired session must not keep it (it stayed in state.db for ever before)."""
+    await store.add_staff(account("tanaka"))
+    await store.put_session(session("idle"))
+    await store.put_session(session("active"))
+    await store.update_session("active", {"last_seen": T0 + 3000})
+    await store.put_session(session("old"))
+    await store.update_session("old", {"last_seen": T0 + 3000, "expires_at": T0 + 3000})
+    assert await store.purge_sessions(T0 + 3600, 1800) == 2
+    assert await store.get_session("active") is not None
+    assert await store.get_session("idle") is None and await store.get_session("old") is None
+
+
 async def test_sessions(store: Store) -> None:
     await store.put_session(session("s1"))
     await store.put_session(session("s2"))

@@ -454,6 +454,19 @@ class RedisStore:
             pipe.delete(self._k("su", username))
             await pipe.execute()
 
+    async def purge_sessions(self, now: float, idle_seconds: float) -> int:
+        removed = 0
+        async with self._errors():
+            for username in await self._r.smembers(self._k("staff")):
+                for id_hash in await self._r.smembers(self._k("su", username)):
+                    raw = await self._r.get(self._k("s", id_hash))
+                    data = json.loads(raw) if raw else None
+                    if data is None or data.get("expires_at", 0) <= now or \
+                            data.get("last_seen", 0) <= now - idle_seconds:
+                        removed += int(await self._r.delete(self._k("s", id_hash)))
+                        await self._r.srem(self._k("su", username), id_hash)
+        return removed
+
     # ------------------------------------------------------------------ operations
     async def try_lock(self, name: str, ttl_seconds: float) -> Lock | None:
         key = self._k("lock", check_lock_name(name))

@@ -299,6 +299,11 @@ class SqliteStore:
     async def delete_sessions_of(self, username: str) -> None:
         self._write("DELETE FROM sessions WHERE username = ?", (username,))
 
+    async def purge_sessions(self, now: float, idle_seconds: float) -> int:
+        return self._write(
+            "DELETE FROM sessions WHERE json_extract(data, '$.expires_at') <= ? "
+            "OR json_extract(data, '$.last_seen') <= ?", (now, now - idle_seconds))
+
     # ------------------------------------------------------------------ operations
     async def try_lock(self, name: str, ttl_seconds: float) -> Lock | None:
         """A ``flock`` on ``<db>.<name>.lock``; ``ttl_seconds`` is not needed (the kernel
