@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from madoguchi import metrics
 from madoguchi.config import Config, ConfigError
-from madoguchi.logs import JsonFormatter
+from madoguchi.logs import JsonFormatter, log_pseudonym
 from signalling.sms import PROVIDERS, make_provider
 from signalling.sms.console import ConsoleProvider
 from signalling.sms.dlr import dlr_callback_url, dlr_routes, dlr_secret_path, load_dlr_secret
@@ -137,8 +137,9 @@ async def test_console_outbox_logs_no_number_or_text(caplog: pytest.LogCaptureFi
     assert provider.last_for("c1") is provider.outbox[-1]
     assert provider.last_for("c2") is None
     text = logged(caplog)
-    assert "090-****-5678" in text and '"consultation": "c1"' in text
-    assert "TOKENTOKEN" not in text and "12345678" not in text
+    # the reference as this hour's log pseudonym; not even the masked number
+    assert f'"consultation": "{log_pseudonym("c1")}"' in text and '"c1"' not in text
+    assert "5678" not in text and "TOKENTOKEN" not in text
     assert "TOKENTOKEN" not in repr(provider.outbox[-1])
     for n in range(3):
         await provider.send("+819012345678", f"m{n}", f"c{n}")

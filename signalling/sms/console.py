@@ -1,6 +1,7 @@
 """Development provider: no gateway; messages go to an in-memory outbox.
 
-The log line names only the masked number and the consultation reference, never the text
+The log line names only the consultation reference (as a log pseudonym), never the number
+or the text
 (it carries the link token). The outbox is bounded and lives only in this process.
 """
 
@@ -13,7 +14,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from madoguchi.logs import event
-from signalling.phone import mask
 from signalling.sms.interfaces import SENT, SendResult, SmsError
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,9 @@ class ConsoleProvider:
             raise self._fail.pop(0)
         message_id = secrets.token_hex(8)
         self.outbox.append(OutboxMessage(to_e164, text, reference, message_id, time.time()))
-        event(log, "sms_console_outbox", consultation=reference, to=mask(to_e164),
-              message_id=message_id, chars=len(text))
+        # Not even the masked number: its last four digits next to the consultation.
+        event(log, "sms_console_outbox", consultation=reference, message_id=message_id,
+              chars=len(text))
         return SendResult(message_id=message_id, status=SENT)
 
     def last_for(self, reference: str) -> OutboxMessage | None:
