@@ -500,9 +500,12 @@ class ConsultationService:
             await self.sfu.close_room(cid)
 
     async def _expire(self, c: Consultation) -> None:
+        """The link's lifetime is over: it expired then, not when someone noticed (after
+        an outage that is the restart, which would be a time of no call at all)."""
         self._pending_links.pop(c.id, None)
-        if await self._transition(c.id, EXPIRED, link_hash="",
-                                  deadline=min(c.deadline, self.clock.now() + self.period)):
+        at = min(self.clock.now(), c.link_expires_at)
+        if await self._transition(c.id, EXPIRED, at=at, link_hash="",
+                                  deadline=min(c.deadline, at + self.period)):
             await self._closed_before_live(c.id, "expired")
 
     async def expire_due(self) -> int:

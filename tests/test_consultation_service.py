@@ -198,3 +198,17 @@ async def test_a_live_call_without_a_room_here_was_cut_by_a_restart(harness) -> 
     await service.expire_due()
     c = await service.store.get_consultation(cid)
     assert c is not None and c.end_reason == "server_restart"
+
+
+async def test_in_call_marks_live_in_the_record_not_the_audit_log(harness) -> None:
+    """A link sent during the call is a marker on the review timeline: its exact time is
+    kept in the consultation record (deleted with it), not in the audit log (the day)."""
+    from recorder.manifest import Manifest
+    from review.timeline import markers
+    service, sms, clock = harness
+    cid = await _live(service, sms)
+    clock.advance(42)
+    await service.send_link(STAFF, cid, "https://www.city.example.jp/hoiku", "")
+    c = await service.store.get_consultation(cid)
+    assert c is not None
+    assert markers(c, Manifest(cid, "k"), 60.0) == [{"at": 42.0, "kind": "link_sent"}]

@@ -24,7 +24,7 @@ from aiohttp import web
 from madoguchi.config import Config
 from tests.fixtures.certs import Pki, raw_get, refused
 from tests.fixtures.privacy import register_secret
-from tests.fixtures.server import FIRST_PASSWORD, ServerHandle, StaffClient
+from tests.fixtures.server import FIRST_PASSWORD, ServerHandle, StaffClient, audit_pseudonym
 from tests.test_security_web import check_headers
 
 # Reachable with a valid client certificate and no login. Adding to this list is a
@@ -384,8 +384,9 @@ async def test_server_audit_log_has_the_staff_actions_and_no_personal_data(
     failed = [e for e in by_action["login_failed"] if e.get("staff") == "nada-1"]
     assert failed and failed[-1]["result"] == "wrong_password"
     assert any(e["staff"] == "tarumi-1" for e in by_action["password_changed"])
-    # consultation actions carry the consultation id, staff, ward and certificate serial
-    mine = [e for e in entries if e.get("consultation") == cid]
+    # consultation actions carry its pseudonym (never the id), staff, ward and certificate
+    mine = [e for e in entries if e.get("pseudonym") == audit_pseudonym(security_server, cid)]
+    assert not any(cid in json.dumps(e) for e in entries)
     assert [e["action"] for e in mine] == ["create_consultation", "revoke_link"]
     assert all(e["staff"] == "tarumi-1" and e["ward"] == "垂水区"
                and e["cert_serial"] == pki.valid.serial for e in mine)
