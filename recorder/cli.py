@@ -19,7 +19,6 @@ from madoguchi.config import Config, ConfigError
 from recorder.datakey import KeyEncryptionKey, KeyError_, unwrap, wrap
 from recorder.layout import LayoutError, check_consultation_id
 from recorder.verify import VerifyError, verify_consultation
-from signalling.store.interfaces import DataKey
 
 OLD_KEK_ENV = "MADOGUCHI_OLD_KEK"
 
@@ -125,11 +124,10 @@ async def rotate_keys(store: Any, kek: KeyEncryptionKey, old: KeyEncryptionKey |
             failed.append(f"consultation {cid}: does not unwrap with the old key-encryption key")
             continue
         if not dry_run:
-            # Never resurrect a key retention deleted meanwhile (crypto-shredding).
-            latest = await store.get_data_key(cid)
-            if latest is None or latest.key_id != record.key_id or latest.deadline <= now:
+            # Never resurrect a key retention deleted meanwhile (crypto-shredding): a
+            # compare-and-set that only replaces the wrapping of a key still there.
+            if record.deadline <= now or not await store.rewrap_data_key(
+                    cid, record.key_id, kek.key_id, wrap(kek, cid, data_key)):
                 continue
-            await store.put_data_key(DataKey(cid, kek.key_id, wrap(kek, cid, data_key),
-                                             latest.deadline))
         done += 1
     return done, current, failed

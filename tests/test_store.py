@@ -283,6 +283,42 @@ def _url_of(s: RedisStore) -> str:
 
 
 # ---------------------------------------------------------------------- data keys
+async def test_rewrap_is_a_compare_and_set_that_never_resurrects(store: Store) -> None:
+    await store.put_data_key(DataKey("c1", "kek1", "d3JhcHBlZA==", T0 + 10))
+    assert await store.rewrap_data_key("c1", "kek0", "kek2", "bmV3") is False  # changed
+    assert await store.rewrap_data_key("c1", "kek1", "kek2", "bmV3") is True
+    assert await store.get_data_key("c1") == DataKey("c1", "kek2", "bmV3", T0 + 10)
+    await store.delete_data_key("c1")  # retention shredded it
+    assert await store.rewrap_data_key("c1", "kek2", "kek3", "YWdhaW4=") is False
+    assert await store.get_data_key("c1") is None
+
+
+async def test_keys_rotate_does_not_resurrect_a_key_shredded_meanwhile(store: Store) -> None:
+    """Retention deletes the key between rotate's read and its write: it stays deleted
+    (rotate used to read, then write the whole key back)."""
+    from recorder.cli import rotate_keys
+    from recorder.datakey import KeyEncryptionKey, wrap
+    old, new = (KeyEncryptionKey.from_bytes(bytes([n]) * 32) for n in (1, 2))
+    await store.put_data_key(DataKey("c1", old.key_id, wrap(old, "c1", b"k" * 32), 4e9))
+
+    class Racing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        async def get_data_key(self, cid: str) -> DataKey | None:
+            key = await store.get_data_key(cid)
+            await store.delete_data_key(cid)  # retention, just after the read
+            return key
+
+        async def rewrap_data_key(self, *args: Any) -> bool:
+            await store.delete_data_key("c1")  # retention, just before the write
+            return await store.rewrap_data_key(*args)
+
+    done, _current, failed = await rotate_keys(Racing(), new, old)
+    assert failed == [] and done == 0
+    assert await store.get_data_key("c1") is None
+
+
 async def test_data_keys(store: Store) -> None:
     await store.put_data_key(DataKey("c1", "kek1", "d3JhcHBlZA==", T0 + 10))
     await store.put_data_key(DataKey("c2", "kek1", "b3RoZXI=", T0 + 5))

@@ -145,6 +145,13 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return 0
 """
 
+# KEYS: k:<id>; ARGV: expected key_id, key_id, wrapped (the TTL stays as it is)
+_REWRAP_KEY = """
+if redis.call('HGET', KEYS[1], 'key_id') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'key_id', ARGV[2], 'wrapped', ARGV[3])
+return 1
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -206,6 +213,7 @@ class RedisStore:
         self._update = self._r.register_script(_UPDATE)
         self._delete = self._r.register_script(_DELETE)
         self._put_key = self._r.register_script(_PUT_KEY)
+        self._rewrap_key = self._r.register_script(_REWRAP_KEY)
         self._unlock = self._r.register_script(_UNLOCK)
         self._refresh = self._r.register_script(_REFRESH)
 
@@ -331,6 +339,13 @@ class RedisStore:
     def _data_key(cid: str, raw: dict[str, str]) -> DataKey:
         return DataKey(consultation_id=cid, key_id=raw["key_id"], wrapped=raw["wrapped"],
                        deadline=float(raw["deadline"]))
+
+    async def rewrap_data_key(self, cid: str, expect_key_id: str, key_id: str,
+                              wrapped: str) -> bool:
+        async with self._errors():
+            done = await self._rewrap_key(keys=[self._k("k", cid)],
+                                          args=[expect_key_id, key_id, wrapped])
+        return bool(int(done))
 
     async def get_data_key(self, cid: str) -> DataKey | None:
         async with self._errors():

@@ -231,6 +231,12 @@ class SqliteStore:
                     (key.consultation_id, key.key_id, key.wrapped, key.consultation_id,
                      key.deadline))
 
+    async def rewrap_data_key(self, cid: str, expect_key_id: str, key_id: str,
+                              wrapped: str) -> bool:
+        return self._write("UPDATE data_keys SET key_id = ?, wrapped = ? "
+                           "WHERE consultation_id = ? AND key_id = ?",
+                           (key_id, wrapped, cid, expect_key_id)) > 0
+
     async def get_data_key(self, cid: str) -> DataKey | None:
         row = self._one("SELECT * FROM data_keys WHERE consultation_id = ?", (cid,))
         return DataKey(row["consultation_id"], row["key_id"], row["wrapped"],
