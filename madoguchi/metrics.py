@@ -71,6 +71,10 @@ PERSONAL_DATA_OLDEST_AGE = Gauge(
     "madoguchi_personal_data_oldest_age_seconds",
     "Age of the oldest copy of any personal datum (store, data keys, recording folder, "
     "retention journal), measured from the call's end; must stay below 24 h")
+CLOCK_STEPS = Counter(
+    "madoguchi_clock_steps_total",
+    "Steps of the wall clock seen by the retention daemon (kind: back or forward); a step "
+    "back would delay deletions (the daemon keeps the latest time it saw)", ["kind"])
 STORE_COMPACTION_FAILURES = Counter(
     "madoguchi_store_compaction_failures_total",
     "Retention runs after which the SQLite write-ahead log could not be truncated "
@@ -140,5 +144,7 @@ for _result in LOGIN_RESULTS:
     LOGINS.labels(result=_result)
 for _kind in RETENTION_DELETION_KINDS:
     RETENTION_DELETIONS.labels(kind=_kind)
+for _kind in ("back", "forward"):
+    CLOCK_STEPS.labels(kind=_kind)
 for _result in ("loaded", "refused"):
     STAFF_CRL_RELOADS.labels(result=_result)

@@ -53,6 +53,7 @@ from signalling.store.interfaces import Lock, Store, StoreError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "retention"
+CLOCK_STEP_SECONDS = 5.0  # wall time off the monotonic clock by this much: a step
 BATCH = 200
 
 
@@ -91,12 +92,15 @@ class RetentionDaemon:
         self.runs = 0  # completed runs, skipped or not (tests wait on it)
         self.last_report: RunReport | None = None
         self.first_run = asyncio.Event()
+        # The clock as the daemon last saw it: (wall, monotonic) and the latest wall time.
+        self._last_seen: tuple[float, float] | None = None
+        self._latest = float("-inf")
         self._stop: asyncio.Event | None = None
 
     async def run_once(self) -> RunReport:
         """One full run; never raises for store or file trouble (the report says)."""
         started = time.monotonic()
-        now = self.clock.now()
+        now = self._now(started)
         report = RunReport(started_at=now)
         deleter = Deleter(self.store, self.folder, self.journal, self.receipts, self.clock,
                           grace=on_time_grace(self.cfg))
@@ -125,6 +129,21 @@ class RetentionDaemon:
                 pass
         self._count(report, deleter)
         return self._finish(report, started)
+
+    def _now(self, mono: float) -> float:
+        """The clock for this run. A step (wall time moving unlike the monotonic clock) is
+        counted and logged; a step back does not delay deletion: the run keeps the latest
+        time it has seen (a deadline once passed stays passed)."""
+        wall = self.clock.now()
+        if self._last_seen is not None:
+            step = (wall - self._last_seen[0]) - (mono - self._last_seen[1])
+            if abs(step) >= CLOCK_STEP_SECONDS:
+                kind = "back" if step < 0 else "forward"
+                metrics.CLOCK_STEPS.labels(kind=kind).inc()
+                event(log, "clock_step", logging.WARNING, kind=kind, seconds=round(step, 1))
+        self._last_seen = (wall, mono)
+        self._latest = max(self._latest, wall)
+        return self._latest
 
     @staticmethod
     async def _sweep_stale(deleter: Deleter, now: float, report: RunReport) -> None:

@@ -624,3 +624,18 @@ async def test_daemon_wakes_at_the_next_deadline(store: Any, cfg: Config,
     clock.advance(31)
     await daemon.run_once()
     assert await store.get_consultation("soon") is None
+
+
+async def test_a_clock_stepped_back_is_seen_and_delays_nothing(store: Any, cfg: Config,
+                                                               clock: ManualClock) -> None:
+    """The wall clock jumps an hour back between two runs: counted (alert), and a
+    consultation due before the step is still deleted (the run keeps the latest time)."""
+    from madoguchi import metrics
+    daemon = RetentionDaemon(store, cfg, clock)
+    assert (await daemon.run_once()).ok
+    before = metrics.CLOCK_STEPS.labels(kind="back")._value.get()
+    await ended_call(store, cfg, "due", T0 - rules.period_seconds(cfg) - 60)  # due 60 s ago
+    clock.advance(-HOUR)
+    report = await daemon.run_once()
+    assert metrics.CLOCK_STEPS.labels(kind="back")._value.get() == before + 1
+    assert report.ok and await store.get_consultation("due") is None
