@@ -32,6 +32,7 @@ async def refresh_store_gauges(store: Any) -> dict[tuple[str, str], int]:
     Every known state is exported for every ward seen (in consultations or staff
     accounts), so dashboards show 0 rather than a gap.
     """
+    metrics.EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
     consultations = await store.list_consultations()
     wards = {c.ward for c in consultations}
     list_staff = getattr(store, "list_staff", None)

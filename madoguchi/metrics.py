@@ -62,6 +62,8 @@ RECORDING_ENCRYPT_SECONDS = Histogram(
 RECORDING_DROPPED_PACKETS = Counter("madoguchi_recording_dropped_packets_total",
                                     "Forwarded packets the recorder could not queue")
 RECORDING_ACTIVE = Gauge("madoguchi_recording_active", "Consultations being recorded")
+EVENT_LOOP_TASKS = Gauge("madoguchi_event_loop_tasks",
+                         "asyncio tasks on the server's event loop (leak watch: scripts/bench soak)")
 
 # retention (the 24-hour deletion promise)
 RETENTION_OLDEST_AGE = Gauge(

@@ -52,6 +52,7 @@ def test_signalling_sockets_and_bodies(madoguchi_server: ServerHandle) -> None:
         for strategy, send in ((CITIZEN_MESSAGES, fuzzer.citizen_message),
                                (STAFF_MESSAGES, fuzzer.staff_message),
                                (BODIES, fuzzer.http_body)):
+            loop.run_until_complete(fuzzer.fresh_sockets())
             run_examples(strategy, lambda sample, send=send: loop.run_until_complete(
                 send(sample)), SOCKET_EXAMPLES)
         assert fuzzer.failures == [], fuzzer.counts

@@ -28,6 +28,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                "recording review: server CPU per review vs a live pair, click to first frame"),
     "sfu-cycles": ("madoguchi.bench.sfu_bench:cycles_main",
                    "room open/close cycles (default 1,000): leaked tasks/threads/fds"),
+    "soak": ("madoguchi.bench.soak",
+             "N recorded consultations at once for M minutes: RSS/fds/threads/tasks, loss"),
     "fuzz": ("madoguchi.bench.fuzz",
              "property-based fuzzing of every outside-input parser and the signalling"),
 }

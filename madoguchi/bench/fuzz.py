@@ -76,6 +76,7 @@ def _signalling(names: list[str], examples: int, random_seed: int) -> bool:
                 "signalling-http": ("http", BODIES, fuzzer.http_body)}
         for name in names:
             which, strategy, send = plan[name]
+            loop.run_until_complete(fuzzer.fresh_sockets())
             before = len(fuzzer.failures)
             started = time.monotonic()
             def check(sample: Any, send: Any = send) -> None:

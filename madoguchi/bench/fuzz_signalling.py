@@ -142,6 +142,15 @@ class SignallingFuzzer:
                                      + " / ".join(self.recent[which]))
                 return
 
+    async def fresh_sockets(self) -> None:
+        """New sockets before each campaign: an idle one misses the server's heartbeat
+        (nobody reads it during another campaign) and is closed, rightly."""
+        for ws in (self.citizen_ws, self.staff_ws):
+            if ws is not None:
+                await ws.close()
+        await self._new_call()
+        await self._open_staff_socket()
+
     def _remember(self, which: str, text: str) -> None:
         self.recent[which] = [*self.recent[which][-2:], repr(text)[:120]]
 
