@@ -329,11 +329,20 @@ _rooms: dict[str, Any] = {}
 
 
 def _room() -> Any:
+    """One room, made on a loop of its own and idle (only its offer checks, which are
+    synchronous, are used), so a synchronous test needs no running loop."""
     if "room" not in _rooms:
         from madoguchi.config import SfuConfig
         from sfu.sfu import LocalSfu
-        sfu = LocalSfu(SfuConfig(host_addresses=["127.0.0.1"], ice_servers=[]))
-        _rooms["room"] = sfu.room("fuzz")
+
+        async def make() -> Any:
+            room = LocalSfu(SfuConfig(host_addresses=["127.0.0.1"], ice_servers=[])).room("fuzz")
+            room._watchdog.cancel()  # no peers will ever join it
+            await asyncio.gather(room._watchdog, return_exceptions=True)
+            return room
+        loop = asyncio.new_event_loop()
+        _rooms["room"] = loop.run_until_complete(make())
+        loop.close()
     return _rooms["room"]
 
 
