@@ -184,8 +184,9 @@ class UplinkCall:
         else:
             answer = self.loop.run(self.room.connect_staff("bench-viewer", offer))
         page.evaluate(ANSWER_JS, answer)
+        # generous: under CPU load from other work ICE + DTLS can take far longer than usual
         page.wait_for_function("() => window.pc.connectionState === 'connected'",
-                               polling=100, timeout=20_000)
+                               polling=100, timeout=90_000)
         self.pages[who] = page
 
     def stats(self, who: str) -> dict[str, Any]:
